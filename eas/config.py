@@ -1,0 +1,160 @@
+"""Model configurations: one dataclass per model, saved next to every checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class LlamaConfig:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None
+    vocab_size: int = 32000
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    hidden_dim: int | None = None  # SwiGLU width; derived Meta-style when None
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    # Layers whose attention block is physically absent (EAS-skipped and merged, or deleted).
+    skip_layers: tuple[int, ...] = ()
+    # Biases exist only after a merge folds adapters into these projections.
+    qkv_bias: bool = False
+    ffn_bias: bool = False
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.hidden_dim is None:
+            hidden = int(2 * 4 * self.dim / 3)
+            if self.ffn_dim_multiplier is not None:
+                hidden = int(self.ffn_dim_multiplier * hidden)
+            self.hidden_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)
+        self.skip_layers = tuple(sorted(set(int(i) for i in self.skip_layers)))
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        bad = [i for i in self.skip_layers if not 0 <= i < self.n_layers]
+        if bad:
+            raise ValueError(f"skip_layers {bad} outside 0..{self.n_layers - 1}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kept_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.n_layers) if i not in self.skip_layers)
+
+    @classmethod
+    def named(cls, name: str, **overrides) -> "LlamaConfig":
+        if name not in LLAMA_SIZES:
+            raise KeyError(f"unknown LLaMA size {name!r}; known: {sorted(LLAMA_SIZES)}")
+        return cls(**{**LLAMA_SIZES[name], **overrides})
+
+
+LLAMA_SIZES: dict[str, dict] = {
+    "llama-7b": dict(dim=4096, n_layers=32, n_heads=32, norm_eps=1e-6),
+    "llama-13b": dict(dim=5120, n_layers=40, n_heads=40, norm_eps=1e-6),
+    "llama2-7b": dict(dim=4096, n_layers=32, n_heads=32, norm_eps=1e-5, max_seq_len=4096),
+    "tiny": dict(dim=256, n_layers=8, n_heads=8, n_kv_heads=4, vocab_size=2000, multiple_of=64,
+                 max_seq_len=512),
+    "test": dict(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=96, multiple_of=16,
+                 max_seq_len=128, norm_eps=1e-5),
+}
+
+
+@dataclass
+class VisionConfig:
+    """OpenAI CLIP visual tower."""
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1024
+    layers: int = 24
+    heads: int = 16
+    output_dim: int = 768  # CLIP joint-embedding projection (unused by LaVIN, kept for loading)
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size={self.image_size} not divisible by patch_size={self.patch_size}")
+        if self.width % self.heads:
+            raise ValueError(f"width={self.width} not divisible by heads={self.heads}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @classmethod
+    def named(cls, name: str, **overrides) -> "VisionConfig":
+        if name not in VISION_SIZES:
+            raise KeyError(f"unknown ViT size {name!r}; known: {sorted(VISION_SIZES)}")
+        return cls(**{**VISION_SIZES[name], **overrides})
+
+
+VISION_SIZES: dict[str, dict] = {
+    "vit-l/14": dict(image_size=224, patch_size=14, width=1024, layers=24, heads=16, output_dim=768),
+    "vit-b/16": dict(image_size=224, patch_size=16, width=768, layers=12, heads=12, output_dim=512),
+    "tiny": dict(image_size=64, patch_size=8, width=192, layers=6, heads=3, output_dim=192),
+    "test": dict(image_size=32, patch_size=8, width=48, layers=6, heads=2, output_dim=32),
+}
+
+
+@dataclass
+class LavinConfig:
+    """LLaMA + CLIP ViT wired LaVIN-style (eas_method.md §5.2-5.3)."""
+    llama: LlamaConfig = field(default_factory=LlamaConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    n_visual_tokens: int = 6      # CLS taps, evenly spaced over the ViT blocks
+    projector_hidden: int = 128   # AdapterMLP width -> 128 -> LLaMA width
+
+    def __post_init__(self):
+        if isinstance(self.llama, dict):
+            self.llama = LlamaConfig(**self.llama)
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**self.vision)
+        if self.vision.layers % self.n_visual_tokens:
+            raise ValueError(f"ViT depth {self.vision.layers} is not a multiple of "
+                             f"n_visual_tokens={self.n_visual_tokens}")
+
+    @property
+    def tap_blocks(self) -> tuple[int, ...]:
+        """0-based indices of the ViT blocks whose CLS output is tapped (LaVIN: 4, 8, ..., 24)."""
+        step = self.vision.layers // self.n_visual_tokens
+        return tuple(range(step - 1, self.vision.layers, step))
+
+    @classmethod
+    def named(cls, name: str) -> "LavinConfig":
+        llama, vision = {"lavin-7b": ("llama-7b", "vit-l/14"), "lavin-13b": ("llama-13b", "vit-l/14"),
+                         "tiny": ("tiny", "tiny"), "test": ("test", "test")}[name]
+        return cls(llama=LlamaConfig.named(llama), vision=VisionConfig.named(vision))
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | Path) -> None:
+    Path(path).write_text(json.dumps({"type": type(cfg).__name__, **to_dict(cfg)}, indent=2) + "\n")
+
+
+def load_config(path: str | Path):
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read model config {path}: {e}") from e
+    kinds = {"LlamaConfig": LlamaConfig, "VisionConfig": VisionConfig, "LavinConfig": LavinConfig}
+    kind = data.pop("type", None)
+    if kind not in kinds:
+        raise ValueError(f"{path}: 'type' must be one of {sorted(kinds)}, got {kind!r}")
+    try:
+        return kinds[kind](**data)
+    except TypeError as e:
+        raise ValueError(f"{path}: bad {kind} fields: {e}") from e

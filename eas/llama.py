@@ -1,0 +1,178 @@
+"""LLaMA decoder (Meta parameter names), written from scratch.
+
+Sequences are left-padded: every example's last prompt token sits in the same cache slot, so a
+batch decodes in lock-step. RoPE positions are per example (``positions``), cache slots are shared.
+A key mask says which cached keys later queries may see (padding and LaVIN's modality token are
+invisible; every query still sees itself).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LlamaConfig
+from .kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """x / rms(x) computed in fp32, without the gain."""
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(x) * self.weight
+
+
+def rope_tables(head_dim: int, n_positions: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(n_positions, device=device, dtype=torch.float64), freqs)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Meta's interleaved convention: channel pairs (2i, 2i+1) rotate as one complex number.
+
+    x: [B, T, H, D]; cos/sin: [B, T, D/2] already gathered at the positions.
+    """
+    xf = x.float().unflatten(-1, (-1, 2))
+    even, odd = xf[..., 0], xf[..., 1]
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+def attention_mask(key_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
+    """Boolean [B, 1, T, S] mask for the last T of S slots: causal, visible keys, and the diagonal."""
+    S = key_mask.shape[1]
+    q_slot = torch.arange(S - n_queries, S, device=key_mask.device)[:, None]
+    k_slot = torch.arange(S, device=key_mask.device)[None, :]
+    allowed = (k_slot <= q_slot) & (key_mask[:, None, :] | (k_slot == q_slot))
+    return allowed[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, q, k, v, cos, sin, mask, cache: KVCache | None, layer: int):
+        """q, k, v: projected activations [B, T, H*D]; returns wo(attention)."""
+        B, T, _ = q.shape
+        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        S, rep = k.shape[1], self.n_heads // self.n_kv_heads
+        k = k.transpose(1, 2)[:, :, None].expand(B, self.n_kv_heads, rep, S, self.head_dim)
+        v = v.transpose(1, 2)[:, :, None].expand(B, self.n_kv_heads, rep, S, self.head_dim)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.reshape(B, self.n_heads, S, self.head_dim),
+            v.reshape(B, self.n_heads, S, self.head_dim), attn_mask=mask)
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.ffn_bias)
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.ffn_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = None if layer in cfg.skip_layers else Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x, cos, sin, mask, cache):
+        h = x
+        if self.attention is not None:
+            xn = self.attention_norm(x)
+            a = self.attention
+            h = x + a(a.wq(xn), a.wk(xn), a.wv(xn), cos, sin, mask, cache, self.layer)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.init_buffers()
+
+    def init_buffers(self, device=None):
+        """(Re)build the RoPE tables; needed after constructing on the meta device."""
+        device = device if device is not None else self.tok_embeddings.weight.device
+        if device.type == "meta":
+            device = None
+        cos, sin = rope_tables(self.cfg.head_dim, 2 * self.cfg.max_seq_len, self.cfg.rope_theta, device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def init_weights(self, generator: torch.Generator | None = None, std: float = 0.02):
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, std=std, generator=generator)
+        return self
+
+    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+        p = self.tok_embeddings.weight
+        return KVCache(self.cfg, batch, max_len, dtype or p.dtype, device or p.device)
+
+    def hidden(self, h, positions, key_mask, cache: KVCache | None = None):
+        """Run the decoder stack on embeddings h [B, T, C]; returns final-norm hidden states."""
+        T = h.shape[1]
+        if cache is not None:
+            key_mask = cache.extend_mask(key_mask)
+        mask = attention_mask(key_mask, T)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        for block in self.layers:
+            h = block(h, cos, sin, mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        return self.norm(h)
+
+    def forward(self, tokens, positions=None, key_mask=None):
+        """Training/scoring path without a cache: logits at every position."""
+        B, T = tokens.shape
+        if positions is None:
+            positions = torch.arange(T, device=tokens.device).expand(B, T)
+        if key_mask is None:
+            key_mask = torch.ones(B, T, dtype=torch.bool, device=tokens.device)
+        return self.output(self.hidden(self.tok_embeddings(tokens), positions, key_mask))
+
+    def prefill(self, h, positions, key_mask, cache: KVCache) -> torch.Tensor:
+        """Embeddings of a left-padded prompt batch -> logits of the last position [B, V]."""
+        return self.output(self.hidden(h, positions, key_mask, cache)[:, -1])
+
+    def decode_step(self, tokens, positions, cache: KVCache) -> torch.Tensor:
+        """One new token per example (tokens, positions: [B]) -> logits [B, V]."""
+        h = self.tok_embeddings(tokens[:, None])
+        visible = torch.ones_like(tokens, dtype=torch.bool)[:, None]
+        return self.output(self.hidden(h, positions[:, None], visible, cache)[:, -1])
