@@ -23,6 +23,9 @@ class KVCache:
         self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.max_len = max_len
         self.length = 0
+        # Per-example adapter state (router weights, pooled features, bias vectors) frozen at
+        # prefill, keyed by layer.
+        self.frozen: dict[int, object] = {}
 
     @property
     def nbytes(self) -> int:

@@ -7,6 +7,8 @@ invisible; every query still sees itself).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,25 +92,74 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
         self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.ffn_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """delta: optional correction of the concatenated [w1 x | w3 x] (merged adapters)."""
+        gate, up = self.w1(x), self.w3(x)
+        if delta is not None:
+            d_gate, d_up = delta.chunk(2, dim=-1)
+            gate, up = gate + d_gate, up + d_up
+        return self.w2(F.silu(gate) * up)
+
+
+@dataclass
+class Context:
+    """What every block of one forward pass shares."""
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor
+    cache: KVCache | None
+    pool_mask: torch.Tensor   # prompt positions that adapters pool over
+    route_mask: torch.Tensor  # prompt positions the routers read (pool_mask minus invisible tokens)
+
+    def state(self, layer: int, module, xn: torch.Tensor):
+        """Per-example adapter state: recomputed without a cache, frozen at prefill with one."""
+        if self.cache is None:
+            return module.context(xn, self.pool_mask, self.route_mask)
+        if layer not in self.cache.frozen:
+            self.cache.frozen[layer] = module.context(xn, self.pool_mask, self.route_mask)
+        return self.cache.frozen[layer]
 
 
 class Block(nn.Module):
+    """Pre-norm LLaMA block. A skipped block has no attention: out = x + FFN(...).
+
+    The four optional modules are EAS extension points (eas/eas_model.py, eas/merge.py), each
+    with ``context(xn, pool_mask, route_mask) -> state`` and ``forward(xn, state)``:
+    adapter_attn (PIA-A, before attention), adapter_skip (PIA-S, replaces attention),
+    attn_delta / ffn_delta (merged form: per-example correction of [q|k|v] / [w1 x|w3 x]).
+    """
+
     def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
         self.layer = layer
-        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attention = None if layer in cfg.skip_layers else Attention(cfg)
+        self.skipped = layer in cfg.skip_layers
+        self.attention_norm = None if self.skipped else RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = None if self.skipped else Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
+        self.adapter_attn = self.adapter_skip = self.attn_delta = self.ffn_delta = None
 
-    def forward(self, x, cos, sin, mask, cache):
-        h = x
-        if self.attention is not None:
-            xn = self.attention_norm(x)
-            a = self.attention
-            h = x + a(a.wq(xn), a.wk(xn), a.wv(xn), cos, sin, mask, cache, self.layer)
+    def _delta(self, module, xn, ctx: Context):
+        return None if module is None else module(xn, ctx.state(self.layer, module, xn))
+
+    def forward(self, x, ctx: Context):
+        if self.skipped:
+            if self.adapter_skip is not None:
+                xn = self.attention_norm(x)
+                z = self.adapter_skip(xn, ctx.state(self.layer, self.adapter_skip, xn))
+                return x + self.feed_forward(self.ffn_norm.weight * z)
+            xn = self.ffn_norm(x)
+            return x + self.feed_forward(xn, self._delta(self.ffn_delta, xn, ctx))
+        xn = self.attention_norm(x)
+        if self.adapter_attn is not None:
+            xn = self.adapter_attn(xn, ctx.state(self.layer, self.adapter_attn, xn))
+        a = self.attention
+        q, k, v = a.wq(xn), a.wk(xn), a.wv(xn)
+        delta = self._delta(self.attn_delta, xn, ctx)
+        if delta is not None:
+            dq, dk, dv = delta.split([q.shape[-1], k.shape[-1], v.shape[-1]], dim=-1)
+            q, k, v = q + dq, k + dk, v + dv
+        h = x + a(q, k, v, ctx.cos, ctx.sin, ctx.mask, ctx.cache, self.layer)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -145,15 +196,21 @@ class Llama(nn.Module):
         p = self.tok_embeddings.weight
         return KVCache(self.cfg, batch, max_len, dtype or p.dtype, device or p.device)
 
-    def hidden(self, h, positions, key_mask, cache: KVCache | None = None):
-        """Run the decoder stack on embeddings h [B, T, C]; returns final-norm hidden states."""
+    def hidden(self, h, positions, key_mask, cache: KVCache | None = None, prompt_mask=None):
+        """Run the decoder stack on embeddings h [B, T, C]; returns final-norm hidden states.
+
+        prompt_mask [B, T]: positions adapters may pool over (default: the visible keys). Routers
+        read prompt_mask & key_mask, so LaVIN's modality token is pooled but not routed on.
+        """
         T = h.shape[1]
-        if cache is not None:
-            key_mask = cache.extend_mask(key_mask)
-        mask = attention_mask(key_mask, T)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        if prompt_mask is None:
+            prompt_mask = key_mask
+        route_mask = prompt_mask & key_mask
+        all_keys = key_mask if cache is None else cache.extend_mask(key_mask)
+        ctx = Context(self.rope_cos[positions], self.rope_sin[positions], attention_mask(all_keys, T),
+                      cache, prompt_mask, route_mask)
         for block in self.layers:
-            h = block(h, cos, sin, mask, cache)
+            h = block(h, ctx)
         if cache is not None:
             cache.advance(T)
         return self.norm(h)
@@ -167,9 +224,12 @@ class Llama(nn.Module):
             key_mask = torch.ones(B, T, dtype=torch.bool, device=tokens.device)
         return self.output(self.hidden(self.tok_embeddings(tokens), positions, key_mask))
 
-    def prefill(self, h, positions, key_mask, cache: KVCache) -> torch.Tensor:
-        """Embeddings of a left-padded prompt batch -> logits of the last position [B, V]."""
-        return self.output(self.hidden(h, positions, key_mask, cache)[:, -1])
+    def prefill(self, h, positions, key_mask, cache: KVCache, prompt_mask=None) -> torch.Tensor:
+        """Embeddings of a left-padded prompt batch -> logits of the last position [B, V].
+
+        Adapter routing and pooling are computed here and frozen in the cache for decoding.
+        """
+        return self.output(self.hidden(h, positions, key_mask, cache, prompt_mask)[:, -1])
 
     def decode_step(self, tokens, positions, cache: KVCache) -> torch.Tensor:
         """One new token per example (tokens, positions: [B]) -> logits [B, V]."""

@@ -1,0 +1,64 @@
+"""Turn a base LLaMA into an EAS super-network: PIA-A and PIA-S in every layer, skip set switchable.
+
+Both adapters exist in every layer (as in the authors' code), so the search can flip any layer
+between kept and skipped at run time; the final model is built with the skipped attentions
+physically absent by eas/merge.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .llama import Llama
+from .pia import PIA
+
+
+@dataclass
+class EASConfig:
+    adapter_dim: int = 8     # r_a, PIA-A hidden width (LaVIN-7B: 8; LLaVA: 128)
+    skip_dim: int = 32       # r_s, PIA-S hidden width (LaVIN-7B: 32; LLaVA: 256)
+    groups: int = 2
+    temperature: float = 10.0
+    scale: float = 1.0
+    dropout: float = 0.1
+    skip_layers: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        self.skip_layers = tuple(sorted(set(int(i) for i in self.skip_layers)))
+
+
+def _pia(dim: int, hidden: int, pooled: bool, cfg: EASConfig) -> PIA:
+    return PIA(dim, hidden, pooled, cfg.groups, cfg.temperature, cfg.scale, cfg.dropout)
+
+
+def add_adapters(llama: Llama, cfg: EASConfig) -> Llama:
+    """Attach PIA-A and PIA-S to every layer (in place); adapters start as the identity map."""
+    if llama.cfg.skip_layers:
+        raise ValueError(f"adapters go on a full base model; this one has no attention in layers "
+                         f"{llama.cfg.skip_layers}")
+    p = llama.tok_embeddings.weight
+    for block in llama.layers:
+        block.adapter_attn = _pia(llama.cfg.dim, cfg.adapter_dim, False, cfg).to(p.device, p.dtype)
+        block.adapter_skip = _pia(llama.cfg.dim, cfg.skip_dim, True, cfg).to(p.device, p.dtype)
+    llama.eas = cfg
+    set_skipped(llama, cfg.skip_layers)
+    return llama
+
+
+def set_skipped(llama: Llama, layers) -> None:
+    """Switch which layers run PIA-S instead of attention (the search calls this every step)."""
+    layers = set(int(i) for i in layers)
+    bad = sorted(i for i in layers if not 0 <= i < llama.cfg.n_layers)
+    if bad:
+        raise ValueError(f"skip layers {bad} outside 0..{llama.cfg.n_layers - 1}")
+    for block in llama.layers:
+        block.skipped = block.layer in layers
+    llama.eas.skip_layers = tuple(sorted(layers))
+
+
+def mark_trainable(model: nn.Module) -> nn.Module:
+    """Freeze everything except parameters whose name contains 'adapter' (LaVIN's convention)."""
+    for name, p in model.named_parameters():
+        p.requires_grad_("adapter" in name)
+    return model

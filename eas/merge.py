@@ -1,0 +1,263 @@
+"""Exact re-parameterization of PIA adapters into the remaining weights (eas_method.md §2).
+
+With routing frozen, a PIA is the token-wise affine map x̂ -> R x̂ + b, R = I + M_u M_d (rank r), so
+it folds into the linear layers that read its output: Wq/Wk/Wv of a kept layer (PIA-A) and
+W1/W3 of a skipped layer's FFN (PIA-S, after γ_ffn). Every update is built as (W M_u) M_d, a
+rank-r product: no C x C matrix is ever formed. Biases use the *original* W (the authors' code
+uses the already-merged one, which is wrong).
+
+static:  routers replaced by task constants (``fixed_route``); all matrices merge once. PIA-S's
+         pooled term stays per example: a bias for [W1 | W3], computed at prefill (PooledBias)
+         and frozen in the cache like the KV entries.
+dynamic: exact per-example routing at any batch size: W stays, plus a routed rank-2r
+         correction with the up-projections pre-multiplied by W (RoutedDelta).
+A merged skipped layer reads x̂ = RMSNorm_att(x) through its ffn_norm (whose gain becomes γ_att), so
+it has exactly the structure of a block whose attention was deleted.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+from torch import nn
+
+from .checkpoint import load_state_strict
+from .config import LlamaConfig
+from .llama import Llama
+from .pia import PIA, PIAState, RoutedDown, masked_mean
+
+MODES = ("static", "dynamic")
+
+
+class PooledBias(nn.Module):
+    """Static merge of PIA-S: per-example bias of [W1 | W3] = proj · (W_A mean_prompt(x̂) + b_A)."""
+
+    def __init__(self, dim: int, hidden: int, out_features: int):
+        super().__init__()
+        self.down_pool = nn.Linear(dim, hidden)
+        self.proj = nn.Parameter(torch.zeros(out_features, hidden))
+
+    def context(self, xn, pool_mask, route_mask) -> torch.Tensor:
+        return self.down_pool(masked_mean(xn, pool_mask)) @ self.proj.T
+
+    def forward(self, xn: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return bias[:, None]
+
+
+class RoutedDelta(RoutedDown):
+    """Dynamic merge: Σ_j w_j (W U_j H + W c_j) for the stacked targets W, as one rank-2r product."""
+
+    def __init__(self, dim: int, hidden: int, pooled: bool, out_features: int, temperature: float):
+        super().__init__(dim, hidden, pooled, temperature)
+        self.up = nn.Parameter(torch.zeros(out_features, 2 * hidden))
+        self.route_bias = nn.Parameter(torch.zeros(out_features, 2))
+
+    def forward(self, xn: torch.Tensor, state: PIAState) -> torch.Tensor:
+        h = self.hidden(xn, state)
+        w = state.route[:, None]
+        return torch.cat((w[..., :1] * h, w[..., 1:] * h), -1) @ self.up.T + w @ self.route_bias.T
+
+
+def _up_parts(pia: PIA):
+    """Dense block-diagonal up matrices [C, r] and biases, scale folded in."""
+    s = pia.scale
+    return s * pia.up_b.dense(), s * pia.up_d.dense(), s * pia.up_b.bias, s * pia.up_d.bias
+
+
+def _targets_static(pia: PIA, weights: list[torch.Tensor], half: bool):
+    """(W', b_const, W M_u) for each W reading PIA(x̂) with routing fixed to pia.fixed_route."""
+    if pia.fixed_route is None:
+        raise ValueError("static merge needs router constants: run eas.merge.calibrate_routes first")
+    w = pia.fixed_route.float()
+    ub, ud, cb, cd = _up_parts(pia)
+    m_u, beta_u = w[0] * ub + w[1] * ud, w[0] * cb + w[1] * cd
+    mix = pia.pool_mix if half else 1.0
+    m_d, beta_d = mix * pia.down.weight.float(), mix * pia.down.bias.float()
+    out = []
+    for W in weights:
+        wm = W @ m_u
+        out.append((W + wm @ m_d, W @ (m_u @ beta_d + beta_u), wm))
+    return out
+
+
+def _routed_delta(pia: PIA, weights: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    ub, ud, cb, cd = _up_parts(pia)
+    state = {k: v.float() for k, v in pia.state_dict().items() if k.startswith(("down", "router"))}
+    state["up"] = torch.cat([torch.cat((W @ ub, W @ ud), 1) for W in weights])
+    state["route_bias"] = torch.cat([torch.stack((W @ cb, W @ cd), 1) for W in weights])
+    return state
+
+
+def merged_config(cfg: LlamaConfig, skip_layers) -> LlamaConfig:
+    return dataclasses.replace(cfg, skip_layers=tuple(skip_layers), qkv_bias=True, ffn_bias=True)
+
+
+def attach_extras(llama: Llama, mode: str, adapter_dim: int, skip_dim: int, temperature: float) -> Llama:
+    """Give a plain merged-shape model the per-example modules its merge mode needs."""
+    if mode not in MODES:
+        raise ValueError(f"merge mode must be one of {MODES}, got {mode!r}")
+    cfg, p = llama.cfg, llama.tok_embeddings.weight
+    qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+    for block in llama.layers:
+        if block.skipped:
+            block.ffn_delta = (PooledBias(cfg.dim, skip_dim, 2 * cfg.hidden_dim) if mode == "static" else
+                               RoutedDelta(cfg.dim, skip_dim, True, 2 * cfg.hidden_dim, temperature))
+        elif mode == "dynamic":
+            block.attn_delta = RoutedDelta(cfg.dim, adapter_dim, False, qkv, temperature)
+    return llama.to(device=p.device, dtype=p.dtype)
+
+
+def _merge_state(model: Llama, mode: str) -> dict[str, torch.Tensor]:
+    """Merged tensors, computed in fp32 one layer at a time and stored in the model's dtype."""
+    dtype = model.tok_embeddings.weight.dtype
+    state = {name: t for name, t in model.state_dict().items() if not name.startswith("layers.")}
+    for block in model.layers:
+        layer_state = _merge_layer(block, mode)
+        state.update({k: v.to(dtype) for k, v in layer_state.items()})
+    return state
+
+
+def _merge_layer(block, mode: str) -> dict[str, torch.Tensor]:
+    state = _merge_skipped(block, mode) if block.skipped else _merge_kept(block, mode)
+    return {f"layers.{block.layer}.{k}": v for k, v in state.items()}
+
+
+def _ffn_biases(ffn) -> dict[str, torch.Tensor]:
+    """Merged configs give W1/W3 biases to every layer; a base FFN has none (zeros)."""
+    return {f"feed_forward.{n}.bias": getattr(ffn, n).bias.float() if getattr(ffn, n).bias is not None
+            else torch.zeros(getattr(ffn, n).out_features) for n in ("w1", "w3")}
+
+
+def _merge_skipped(block, mode: str) -> dict[str, torch.Tensor]:
+    pia, ffn = block.adapter_skip, block.feed_forward
+    g = block.ffn_norm.weight.float()
+    w1, w3 = ffn.w1.weight.float() * g, ffn.w3.weight.float() * g  # W Γ_ffn
+    state = {"ffn_norm.weight": block.attention_norm.weight.float(),
+             "feed_forward.w2.weight": ffn.w2.weight.float(), **_ffn_biases(ffn)}
+    if mode == "static":
+        (w1m, b1, p1), (w3m, b3, p3) = _targets_static(pia, [w1, w3], half=True)
+        state["feed_forward.w1.bias"] += b1
+        state["feed_forward.w3.bias"] += b3
+        state.update({"feed_forward.w1.weight": w1m, "feed_forward.w3.weight": w3m,
+                      "ffn_delta.down_pool.weight": pia.down_pool.weight.float(),
+                      "ffn_delta.down_pool.bias": pia.down_pool.bias.float(),
+                      "ffn_delta.proj": pia.pool_mix * torch.cat((p1, p3))})
+    else:
+        state.update({"feed_forward.w1.weight": w1, "feed_forward.w3.weight": w3})
+        state.update({"ffn_delta." + k: v for k, v in _routed_delta(pia, [w1, w3]).items()})
+    return state
+
+
+def _merge_kept(block, mode: str) -> dict[str, torch.Tensor]:
+    att, pia, ffn = block.attention, block.adapter_attn, block.feed_forward
+    state = {"attention_norm.weight": block.attention_norm.weight.float(),
+             "attention.wo.weight": att.wo.weight.float(),
+             "ffn_norm.weight": block.ffn_norm.weight.float(),
+             **{f"feed_forward.{n}.weight": getattr(ffn, n).weight.float() for n in ("w1", "w2", "w3")},
+             **_ffn_biases(ffn)}
+    lins = {"wq": att.wq, "wk": att.wk, "wv": att.wv}
+    weights = [lin.weight.float() for lin in lins.values()]
+    biases = [lin.bias.float() if lin.bias is not None else torch.zeros(lin.out_features) for lin in lins.values()]
+    if mode == "static":
+        merged = _targets_static(pia, weights, half=False)
+        weights = [wm for wm, _, _ in merged]
+        biases = [b0 + b for b0, (_, b, _) in zip(biases, merged)]
+    else:
+        state.update({"attn_delta." + k: v for k, v in _routed_delta(pia, weights).items()})
+    for name, W, b in zip(lins, weights, biases):
+        state[f"attention.{name}.weight"], state[f"attention.{name}.bias"] = W, b
+    return state
+
+
+@torch.no_grad()
+def merge(model: Llama, mode: str) -> Llama:
+    """A new plain model (skipped attentions absent, no adapters) computing the same function.
+
+    A model without adapters is returned as an identical copy, so merging is idempotent.
+    """
+    if mode not in MODES:
+        raise ValueError(f"merge mode must be one of {MODES}, got {mode!r}")
+    eas = getattr(model, "eas", None)
+    if eas is None:
+        return copy.deepcopy(model)
+    p = model.tok_embeddings.weight
+    skip = [b.layer for b in model.layers if b.skipped]
+    with torch.device("meta"):
+        out = attach_extras(Llama(merged_config(model.cfg, skip)), mode, eas.adapter_dim, eas.skip_dim,
+                            eas.temperature)
+    load_state_strict(out, _merge_state(model, mode), "merge", dtype=p.dtype)
+    out.init_buffers(p.device)
+    out.merge_mode = mode
+    out.router_constants = ({b.layer: _active_adapter(b).fixed_route.tolist() for b in model.layers}
+                            if mode == "static" else None)
+    return out.eval()
+
+
+
+def _active_adapter(block):
+    return block.adapter_skip if block.skipped else block.adapter_attn
+
+
+@torch.no_grad()
+def calibrate_routes(model: Llama, batches) -> dict[int, list[float]]:
+    """Set each active adapter's router constant to its mean routing over calibration prompts.
+
+    batches: iterable of (embeds, positions, key_mask, prompt_mask). Returns {layer: [w1, w2]}.
+    """
+    for block in model.layers:
+        _active_adapter(block).fixed_route = None
+    sums, count = {}, 0
+    for embeds, positions, key_mask, prompt_mask in batches:
+        cache = model.new_cache(embeds.shape[0], embeds.shape[1])
+        model.prefill(embeds, positions, key_mask, cache, prompt_mask)
+        for layer, state in cache.frozen.items():
+            sums[layer] = sums.get(layer, 0) + state.route.float().sum(0)
+        count += embeds.shape[0]
+    if count == 0:
+        raise ValueError("calibrate_routes got no calibration batches")
+    constants = {}
+    for block in model.layers:
+        route = sums[block.layer] / count
+        _active_adapter(block).fixed_route = route.to(model.tok_embeddings.weight.device)
+        constants[block.layer] = route.tolist()
+    return constants
+
+
+def save_merged(model: Llama, path, tokenizer: str | None = None) -> None:
+    """A self-describing merged checkpoint: config, skip list, mode, extras' sizes, no adapter keys."""
+    mode = getattr(model, "merge_mode", None)
+    if mode not in MODES:
+        raise ValueError("save_merged wants the output of eas.merge.merge()")
+    extras = {}
+    for block in model.layers:
+        for name in ("attn_delta", "ffn_delta"):
+            mod = getattr(block, name)
+            if mod is not None:
+                key = "skip_dim" if name == "ffn_delta" else "adapter_dim"
+                extras[key] = (mod.down_pool if isinstance(mod, PooledBias) else mod.down).out_features
+                if isinstance(mod, RoutedDelta):
+                    extras["temperature"] = mod.temperature
+    torch.save({"format": "eas-merged", "version": 1, "merge_mode": mode,
+                "config": dataclasses.asdict(model.cfg), "skip_layers": list(model.cfg.skip_layers),
+                "extras": extras, "router_constants": getattr(model, "router_constants", None),
+                "tokenizer": tokenizer, "state_dict": model.state_dict()}, path)
+
+
+def load_merged(path, device="cpu") -> Llama:
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise ValueError(f"cannot read merged checkpoint {path}: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "eas-merged":
+        raise ValueError(f"{path} is not an EAS merged checkpoint (no format='eas-merged')")
+    cfg = LlamaConfig(**ckpt["config"])
+    ex = ckpt["extras"]
+    with torch.device("meta"):
+        model = attach_extras(Llama(cfg), ckpt["merge_mode"], ex.get("adapter_dim", 1), ex.get("skip_dim", 1),
+                              ex.get("temperature", 1.0))
+    load_state_strict(model, ckpt["state_dict"], str(path), dtype=ckpt["state_dict"]["tok_embeddings.weight"].dtype)
+    model.init_buffers(torch.device(device))
+    model.merge_mode, model.router_constants = ckpt["merge_mode"], ckpt["router_constants"]
+    model.tokenizer_ref = ckpt["tokenizer"]
+    return model.eval()

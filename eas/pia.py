@@ -1,0 +1,102 @@
+"""Propagation-of-Information Adapter (PIA), eas_method.md §1.
+
+One class serves both variants:
+  PIA-A (adaptation, ``pooled=False``): H_n = W_A x̂_n + b_A
+  PIA-S (skip,       ``pooled=True``):  H_n = ½ (W_C x̂_n + b_C + ū),  ū = mean_prompt(W_A x̂ + b_A)
+  out_n = x̂_n + s [w_1 (U_B H_n + c_B) + w_2 (U_D H_n + c_D)],  w = softmax((W_r m + b_r) / τ)
+with m the mean of x̂ over the routed prompt positions and U_B, U_D block-diagonal (grouped).
+The token path is affine, which is what makes the merge in eas/merge.py exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x [B, T, C] over positions where mask [B, T] is True."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class GroupedLinear(nn.Module):
+    """Block-diagonal affine map (a grouped 1x1 conv): output group g reads only input group g."""
+
+    def __init__(self, in_features: int, out_features: int, groups: int):
+        super().__init__()
+        if in_features % groups or out_features % groups:
+            raise ValueError(f"grouped projection {in_features}->{out_features} not divisible by {groups} groups")
+        self.groups = groups
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features // groups))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        hg = h.unflatten(-1, (self.groups, -1))
+        wg = self.weight.unflatten(0, (self.groups, -1))
+        return torch.einsum("...gi,goi->...go", hg, wg).flatten(-2) + self.bias
+
+    def dense(self) -> torch.Tensor:
+        """The equivalent [out, in] matrix (rank <= in): used only by the merge."""
+        return torch.block_diag(*self.weight.unflatten(0, (self.groups, -1)))
+
+
+@dataclass
+class PIAState:
+    """Per-example quantities frozen at prefill: router weights [B, 2], pooled hidden ū [B, r] or None."""
+    route: torch.Tensor
+    pooled: torch.Tensor | None
+
+
+class RoutedDown(nn.Module):
+    """The input side shared by PIA and its merged dynamic form: router and down projection(s)."""
+
+    def __init__(self, dim: int, hidden: int, pooled: bool, temperature: float, dropout: float = 0.0):
+        super().__init__()
+        self.temperature = temperature
+        self.down = nn.Linear(dim, hidden)                         # W_A (PIA-A) / W_C (PIA-S)
+        self.down_pool = nn.Linear(dim, hidden) if pooled else None  # W_A of PIA-S, applied before pooling
+        self.router = nn.Linear(dim, 2)
+        self.dropout = nn.Dropout(dropout)
+        # Task constants replacing the router (static merge); None = route per example.
+        self.register_buffer("fixed_route", None)
+
+    def context(self, xn: torch.Tensor, pool_mask: torch.Tensor, route_mask: torch.Tensor) -> PIAState:
+        """Router weights and pooled hidden from the prompt positions of x̂ [B, T, C]."""
+        if self.fixed_route is not None:
+            route = self.fixed_route.to(xn.dtype).expand(xn.shape[0], 2)
+        else:
+            logits = self.router(masked_mean(xn, route_mask)).float()
+            route = F.softmax(logits / self.temperature, -1).type_as(xn)
+        pooled = None
+        if self.down_pool is not None:
+            pooled = self.down_pool(masked_mean(xn, pool_mask))
+        return PIAState(route, pooled)
+
+    def hidden(self, xn: torch.Tensor, state: PIAState) -> torch.Tensor:
+        h = self.down(xn)
+        if state.pooled is not None:
+            h = self.pool_mix * (h + state.pooled[:, None])
+        return self.dropout(h)
+
+    pool_mix = 0.5  # PIA-S averages its per-token and pooled paths
+
+
+class PIA(RoutedDown):
+    def __init__(self, dim: int, hidden: int, pooled: bool, groups: int = 2, temperature: float = 10.0,
+                 scale: float = 1.0, dropout: float = 0.1):
+        super().__init__(dim, hidden, pooled, temperature, dropout)
+        self.scale = scale
+        self.up_b = GroupedLinear(hidden, dim, groups)
+        self.up_d = GroupedLinear(hidden, dim, groups)
+        for lin in (self.down, self.down_pool):
+            if lin is not None:
+                nn.init.xavier_uniform_(lin.weight)
+                nn.init.zeros_(lin.bias)
+
+    def forward(self, xn: torch.Tensor, state: PIAState) -> torch.Tensor:
+        h = self.hidden(xn, state)
+        w = state.route[:, None]
+        return xn + self.scale * (w[..., :1] * self.up_b(h) + w[..., 1:] * self.up_d(h))
