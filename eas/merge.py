@@ -261,3 +261,16 @@ def load_merged(path, device="cpu") -> Llama:
     model.merge_mode, model.router_constants = ckpt["merge_mode"], ckpt["router_constants"]
     model.tokenizer_ref = ckpt["tokenizer"]
     return model.eval()
+
+
+@torch.no_grad()
+def delete_attention(model: Llama, layers) -> Llama:
+    """The floor a merge is measured against: the base model with these attentions simply removed."""
+    cfg = dataclasses.replace(model.cfg, skip_layers=tuple(layers))
+    state = {k: v for k, v in model.state_dict().items()
+             if not any(k.startswith(f"layers.{i}.attention") for i in cfg.skip_layers)}
+    with torch.device("meta"):
+        out = Llama(cfg)
+    load_state_strict(out, state, "delete_attention", dtype=model.tok_embeddings.weight.dtype)
+    out.init_buffers(model.tok_embeddings.weight.device)
+    return out.eval()
