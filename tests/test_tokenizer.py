@@ -1,0 +1,50 @@
+"""SentencePiece wrapper: exact round trip, LLaMA special ids, clear errors for bad model files."""
+import pydoc_data.topics
+
+import pytest
+import sentencepiece as spm
+
+from eas.tokenizer import Tokenizer, TokenizerError, train_tokenizer
+
+CORPUS = list(pydoc_data.topics.topics.values())[:8]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return train_tokenizer(CORPUS, tmp_path_factory.mktemp("tok") / "tiny.model", vocab_size=400)
+
+
+def test_special_ids_follow_llama(tok):
+    assert (tok.sp.unk_id(), tok.bos_id, tok.eos_id, tok.sp.pad_id(), tok.pad_id) == (0, 1, 2, -1, 0)
+    assert tok.vocab_size == 400
+
+
+@pytest.mark.parametrize("text", ["The answer is (B).", "Question: a  b\n\nContext: N/A\nResponse:",
+                                  " leading space and tab\tand unseen ünïcødé ✓"])
+def test_round_trip_and_bos_eos(tok, text):
+    plain = tok.encode(text, bos=False, eos=False)
+    assert tok.encode(text, bos=True, eos=True) == [1] + plain + [2]
+    assert tok.encode(text, bos=True, eos=False) == [1] + plain
+    assert tok.decode(plain) == text
+    assert tok.decode([1] + plain + [2]) == text  # control pieces decode to nothing
+    # The pieces are SentencePiece's own segmentation, not a re-implementation.
+    assert plain == spm.SentencePieceProcessor(model_file=str(tok.path)).encode(text)
+
+
+def test_newline_is_one_piece(tok):
+    newline = tok.sp.piece_to_id("\n")
+    assert not tok.sp.is_byte(newline) and tok.sp.id_to_piece(newline) == "\n"
+    assert tok.encode("a\n\nb", False, False).count(newline) == 2
+
+
+def test_missing_or_corrupt_model_names_the_file(tmp_path):
+    with pytest.raises(TokenizerError, match="nope.model"):
+        Tokenizer(tmp_path / "nope.model")
+    (tmp_path / "junk.model").write_bytes(b"\x00junk" * 20)
+    with pytest.raises(TokenizerError, match="junk.model"):
+        Tokenizer(tmp_path / "junk.model")
+
+
+def test_too_small_vocabulary_is_a_clear_error(tmp_path):
+    with pytest.raises(TokenizerError, match="100-piece"):
+        train_tokenizer(CORPUS, tmp_path / "small.model", vocab_size=100)
