@@ -32,8 +32,21 @@ def _pia(dim: int, hidden: int, pooled: bool, cfg: EASConfig) -> PIA:
     return PIA(dim, hidden, pooled, cfg.groups, cfg.temperature, cfg.scale, cfg.dropout)
 
 
-def add_adapters(llama: Llama, cfg: EASConfig) -> Llama:
-    """Attach PIA-A and PIA-S to every layer (in place); adapters start as the identity map."""
+def add_adapters(model: nn.Module, cfg: EASConfig) -> nn.Module:
+    """Attach PIA-A and PIA-S to every LLaMA layer, and PIA-A to every ViT block of a Lavin model
+    (in place); adapters start as the identity map."""
+    llama = getattr(model, "llama", model)
+    visual = getattr(model, "visual", None)
+    if visual is not None:
+        p = visual.conv1.weight
+        for blk in visual.transformer.resblocks:
+            blk.adapter_attn = _pia(visual.cfg.width, cfg.adapter_dim, False, cfg).to(p.device, p.dtype)
+    add_llama_adapters(llama, cfg)
+    model.eas = cfg
+    return model
+
+
+def add_llama_adapters(llama: Llama, cfg: EASConfig) -> Llama:
     if llama.cfg.skip_layers:
         raise ValueError(f"adapters go on a full base model; this one has no attention in layers "
                          f"{llama.cfg.skip_layers}")

@@ -170,97 +170,76 @@ def _merge_kept(block, mode: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def attach_vision_extras(visual, mode: str, adapter_dim: int, temperature: float):
+    if mode == "dynamic":
+        w, p = visual.cfg.width, visual.conv1.weight
+        for blk in visual.transformer.resblocks:
+            blk.attn_delta = RoutedDelta(w, adapter_dim, False, 3 * w, temperature).to(p.device, p.dtype)
+    return visual
+
+
+def _merge_vision_state(visual, mode: str) -> dict[str, torch.Tensor]:
+    dtype = visual.conv1.weight.dtype
+    state = {k: v for k, v in visual.state_dict().items() if ".adapter_" not in k}
+    for i, blk in enumerate(visual.transformer.resblocks):
+        pre, W = f"transformer.resblocks.{i}.attn.", blk.attn.in_proj_weight.float()
+        if mode == "static":
+            ((wm, b, _),) = _targets_static(blk.adapter_attn, [W], half=False)
+            state[pre + "in_proj_weight"] = wm.to(dtype)
+            state[pre + "in_proj_bias"] = (blk.attn.in_proj_bias.float() + b).to(dtype)
+        else:
+            delta = _routed_delta(blk.adapter_attn, [W])
+            state.update({f"transformer.resblocks.{i}.attn_delta.{k}": v.to(dtype) for k, v in delta.items()})
+    return state
+
+
+def build_merged(cfg, info: dict):
+    """An empty (meta-device) merged model of the right shape: a Llama or a Lavin plus its extras."""
+    from .lavin import Lavin  # the decoder-only path must not need the vision stack
+    with torch.device("meta"):
+        model = Lavin(cfg) if hasattr(cfg, "vision") else Llama(cfg)
+        llama = getattr(model, "llama", model)
+        attach_extras(llama, info["mode"], info["adapter_dim"], info["skip_dim"], info["temperature"])
+        if hasattr(model, "visual"):
+            attach_vision_extras(model.visual, info["mode"], info["adapter_dim"], info["temperature"])
+    model.merge_info = info
+    return model
+
+
 @torch.no_grad()
-def merge(model: Llama, mode: str) -> Llama:
+def merge(model: nn.Module, mode: str) -> nn.Module:
     """A new plain model (skipped attentions absent, no adapters) computing the same function.
 
-    A model without adapters is returned as an identical copy, so merging is idempotent.
+    Takes a Llama or a Lavin carrying adapters (eas.eas_model.add_adapters). A model without
+    adapters is returned as an identical copy, so merging is idempotent.
     """
     if mode not in MODES:
         raise ValueError(f"merge mode must be one of {MODES}, got {mode!r}")
     eas = getattr(model, "eas", None)
     if eas is None:
         return copy.deepcopy(model)
-    p = model.tok_embeddings.weight
-    skip = [b.layer for b in model.layers if b.skipped]
-    with torch.device("meta"):
-        out = attach_extras(Llama(merged_config(model.cfg, skip)), mode, eas.adapter_dim, eas.skip_dim,
-                            eas.temperature)
-    load_state_strict(out, _merge_state(model, mode), "merge", dtype=p.dtype)
-    out.init_buffers(p.device)
-    out.merge_mode = mode
-    out.router_constants = ({b.layer: _active_adapter(b).fixed_route.tolist() for b in model.layers}
-                            if mode == "static" else None)
+    if mode == "dynamic" and any(isinstance(m, PIA) and m.fixed_route is not None for m in model.modules()):
+        raise ValueError("dynamic merge routes per example, but this model has router constants: "
+                         "call eas.calibrate.clear_routes(model) first")
+    llama = getattr(model, "llama", model)
+    p = llama.tok_embeddings.weight
+    skip = [b.layer for b in llama.layers if b.skipped]
+    llama_cfg = merged_config(llama.cfg, skip)
+    cfg = dataclasses.replace(model.cfg, llama=llama_cfg) if hasattr(model, "visual") else llama_cfg
+    info = {"mode": mode, "adapter_dim": eas.adapter_dim, "skip_dim": eas.skip_dim, "temperature": eas.temperature,
+            "router_constants": ([pia.fixed_route.tolist() for pia in model.modules()
+                                  if isinstance(pia, PIA) and pia.fixed_route is not None]
+                                 if mode == "static" else None)}
+    out = build_merged(cfg, info)
+    if hasattr(model, "visual"):
+        state = {"llama." + k: v for k, v in _merge_state(llama, mode).items()}
+        state.update({"visual." + k: v for k, v in _merge_vision_state(model.visual, mode).items()})
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith(("adapter_proj.", "adapter_modality"))})
+    else:
+        state = _merge_state(llama, mode)
+    load_state_strict(out, state, "merge", keep_dtype=True)
+    getattr(out, "llama", out).init_buffers(p.device)
     return out.eval()
-
-
-
-def _active_adapter(block):
-    return block.adapter_skip if block.skipped else block.adapter_attn
-
-
-@torch.no_grad()
-def calibrate_routes(model: Llama, batches) -> dict[int, list[float]]:
-    """Set each active adapter's router constant to its mean routing over calibration prompts.
-
-    batches: iterable of (embeds, positions, key_mask, prompt_mask). Returns {layer: [w1, w2]}.
-    """
-    for block in model.layers:
-        _active_adapter(block).fixed_route = None
-    sums, count = {}, 0
-    for embeds, positions, key_mask, prompt_mask in batches:
-        cache = model.new_cache(embeds.shape[0], embeds.shape[1])
-        model.prefill(embeds, positions, key_mask, cache, prompt_mask)
-        for layer, state in cache.frozen.items():
-            sums[layer] = sums.get(layer, 0) + state.route.float().sum(0)
-        count += embeds.shape[0]
-    if count == 0:
-        raise ValueError("calibrate_routes got no calibration batches")
-    constants = {}
-    for block in model.layers:
-        route = sums[block.layer] / count
-        _active_adapter(block).fixed_route = route.to(model.tok_embeddings.weight.device)
-        constants[block.layer] = route.tolist()
-    return constants
-
-
-def save_merged(model: Llama, path, tokenizer: str | None = None) -> None:
-    """A self-describing merged checkpoint: config, skip list, mode, extras' sizes, no adapter keys."""
-    mode = getattr(model, "merge_mode", None)
-    if mode not in MODES:
-        raise ValueError("save_merged wants the output of eas.merge.merge()")
-    extras = {}
-    for block in model.layers:
-        for name in ("attn_delta", "ffn_delta"):
-            mod = getattr(block, name)
-            if mod is not None:
-                key = "skip_dim" if name == "ffn_delta" else "adapter_dim"
-                extras[key] = (mod.down_pool if isinstance(mod, PooledBias) else mod.down).out_features
-                if isinstance(mod, RoutedDelta):
-                    extras["temperature"] = mod.temperature
-    torch.save({"format": "eas-merged", "version": 1, "merge_mode": mode,
-                "config": dataclasses.asdict(model.cfg), "skip_layers": list(model.cfg.skip_layers),
-                "extras": extras, "router_constants": getattr(model, "router_constants", None),
-                "tokenizer": tokenizer, "state_dict": model.state_dict()}, path)
-
-
-def load_merged(path, device="cpu") -> Llama:
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise ValueError(f"cannot read merged checkpoint {path}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "eas-merged":
-        raise ValueError(f"{path} is not an EAS merged checkpoint (no format='eas-merged')")
-    cfg = LlamaConfig(**ckpt["config"])
-    ex = ckpt["extras"]
-    with torch.device("meta"):
-        model = attach_extras(Llama(cfg), ckpt["merge_mode"], ex.get("adapter_dim", 1), ex.get("skip_dim", 1),
-                              ex.get("temperature", 1.0))
-    load_state_strict(model, ckpt["state_dict"], str(path), dtype=ckpt["state_dict"]["tok_embeddings.weight"].dtype)
-    model.init_buffers(torch.device(device))
-    model.merge_mode, model.router_constants = ckpt["merge_mode"], ckpt["router_constants"]
-    model.tokenizer_ref = ckpt["tokenizer"]
-    return model.eval()
 
 
 @torch.no_grad()

@@ -45,9 +45,11 @@ class SelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, qkv_delta: torch.Tensor | None = None) -> torch.Tensor:
         B, N, C = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        if qkv_delta is not None:  # merged dynamic adapter: per-image routed correction
+            qkv = qkv + qkv_delta
         q, k, v = qkv.view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(B, N, C))
@@ -65,15 +67,29 @@ class Mlp(nn.Module):
 
 
 class ResidualBlock(nn.Module):
+    """EAS extension points (None in a plain tower): adapter_attn, a PIA-A between ln_1 and the
+    attention, and attn_delta, its merged dynamic form correcting the packed q/k/v projection.
+    Both route on the mean of the patch tokens (CLS excluded), per image."""
+
     def __init__(self, width: int, heads: int, mlp_hidden: int):
         super().__init__()
         self.ln_1 = LayerNorm(width)
         self.attn = SelfAttention(width, heads)
         self.ln_2 = LayerNorm(width)
         self.mlp = Mlp(width, mlp_hidden)
+        self.adapter_attn = self.attn_delta = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+        xn = self.ln_1(x)
+        delta = None
+        if self.adapter_attn is not None or self.attn_delta is not None:
+            patches = torch.ones(xn.shape[:2], dtype=torch.bool, device=xn.device)
+            patches[:, 0] = False
+            if self.adapter_attn is not None:
+                xn = self.adapter_attn(xn, self.adapter_attn.context(xn, patches, patches))
+            if self.attn_delta is not None:
+                delta = self.attn_delta(xn, self.attn_delta.context(xn, patches, patches))
+        x = x + self.attn(xn, delta)
         return x + self.mlp(self.ln_2(x))
 
 

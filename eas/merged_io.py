@@ -1,0 +1,44 @@
+"""merged.pt: a self-describing merged checkpoint (config, skip list, mode, no adapter keys)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from .checkpoint import load_state_strict
+from .config import LavinConfig, LlamaConfig
+from .merge import build_merged
+
+FORMAT = "eas-merged"
+
+
+def save_merged(model, path, tokenizer: str | None = None) -> None:
+    """Write the output of eas.merge.merge() with everything needed to rebuild it."""
+    info = getattr(model, "merge_info", None)
+    if info is None:
+        raise ValueError("save_merged wants the output of eas.merge.merge()")
+    llama = getattr(model, "llama", model)
+    tmp = f"{path}.tmp"
+    torch.save({"format": FORMAT, "version": 1, "kind": type(model.cfg).__name__,
+                "config": dataclasses.asdict(model.cfg), "skip_layers": list(llama.cfg.skip_layers),
+                "merge": info, "tokenizer": tokenizer, "state_dict": model.state_dict()}, tmp)
+    os.replace(tmp, path)  # atomic: an interrupted save never leaves a truncated merged.pt
+
+
+def load_merged(path, device="cpu"):
+    """merged.pt -> a plain Llama or Lavin with the skipped attentions absent."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise ValueError(f"cannot read merged checkpoint {path}: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an EAS merged checkpoint (no format={FORMAT!r})")
+    kinds = {"LlamaConfig": LlamaConfig, "LavinConfig": LavinConfig}
+    if ckpt.get("kind") not in kinds:
+        raise ValueError(f"{path}: unknown model kind {ckpt.get('kind')!r}; expected one of {sorted(kinds)}")
+    model = build_merged(kinds[ckpt["kind"]](**ckpt["config"]), ckpt["merge"])
+    load_state_strict(model, ckpt["state_dict"], str(path), keep_dtype=True)
+    getattr(model, "llama", model).init_buffers(torch.device(device))
+    model.tokenizer_ref = ckpt["tokenizer"]
+    return model.eval()

@@ -1,0 +1,73 @@
+"""Merging a whole LaVIN model (ViT PIA-A into in_proj, LLaMA PIAs) against its unmerged form."""
+import pydoc_data.topics
+
+import pytest
+import torch
+
+from eas.calibrate import calibrate_routes, clear_routes
+from eas.config import LavinConfig, LlamaConfig, VisionConfig
+from eas.eas_model import EASConfig, add_adapters
+from eas.lavin import Lavin
+from eas.merge import merge
+from eas.merged_io import load_merged, save_merged
+from eas.pia import PIA
+from eas.tokenizer import train_tokenizer
+
+CFG = LavinConfig(llama=LlamaConfig.named("test", vocab_size=400), vision=VisionConfig.named("test"))
+EXAMPLES = [("What is the label for this image?\nResponse:", None, True), ("Hi there", None, False),
+            ("Name it:", None, True)]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    corpus = list(pydoc_data.topics.topics.values())[:8]
+    return train_tokenizer(corpus, tmp_path_factory.mktemp("tok") / "tiny.model", vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def eas_lavin():
+    gen = torch.Generator().manual_seed(0)
+    model = add_adapters(Lavin(CFG).init_weights(gen), EASConfig(adapter_dim=4, skip_dim=8, skip_layers=(0, 2)))
+    for m in model.modules():
+        if isinstance(m, PIA):
+            for p in m.parameters():
+                p.data = torch.randn(p.shape, generator=gen) * 0.2
+    return model.eval()
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@torch.no_grad()
+def logits_and_tokens(model, batch, pixels, steps=12):
+    cache = model.llama.new_cache(batch.tokens.shape[0], batch.tokens.shape[1] + steps)
+    logits = [model.prefill(batch, pixels, cache)]
+    pos, tokens = batch.positions[:, -1], []
+    for _ in range(steps):
+        tokens.append(logits[-1].argmax(-1))
+        pos = pos + 1
+        logits.append(model.llama.decode_step(tokens[-1], pos, cache))
+    return torch.stack(logits, 1), torch.stack(tokens, 1)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_lavin_merge_matches_unmerged(mode, eas_lavin, tok, tmp_path):
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    batch = eas_lavin.build_batch(tok, EXAMPLES)
+    clear_routes(eas_lavin)
+    if mode == "static":
+        calibrate_routes(eas_lavin, [(batch, pixels)], forward=lambda m, b: m(*b))
+    merged = merge(eas_lavin, mode)
+    ref, ref_tokens = logits_and_tokens(eas_lavin, batch, pixels)
+    out, out_tokens = logits_and_tokens(merged, batch, pixels)
+    assert torch.equal(out_tokens, ref_tokens)
+    assert rel_err(out, ref) < 1e-5
+    assert not any(isinstance(m, PIA) for m in merged.modules())
+    assert all(merged.llama.layers[i].attention is None for i in (0, 2))
+    save_merged(merged, tmp_path / "merged.pt", tokenizer="weights/tiny/tokenizer.model")
+    loaded = load_merged(tmp_path / "merged.pt")
+    assert torch.equal(logits_and_tokens(loaded, batch, pixels)[0], out)
+    assert loaded.merge_info["mode"] == mode and loaded.tokenizer_ref == "weights/tiny/tokenizer.model"
+    if mode == "static":
+        assert len(loaded.merge_info["router_constants"]) == CFG.llama.n_layers + CFG.vision.layers
