@@ -1,0 +1,97 @@
+"""Slake (Liu et al. 2021), medical VQA: loader and the open/closed metrics.
+
+On disk: `train.json`, `validate.json`, `test.json`, each a JSON list of questions
+({img_id, img_name, question, answer, q_lang, answer_type, qid, ...}), and images at
+`imgs/<img_name>`. English questions only by default (the word-level scores assume spaces
+between words). The prompt is LaVIN's question/response frame; the authors ran Slake only on
+LLaVA, so there is no LaVIN original to match.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from eas.data import DataError
+from eas.data.metrics import bleu1, contains_answer, exact_match, percent, token_f1
+
+# "val" is accepted too, since that is what the other tasks call their validation split.
+SPLIT_FILES = {"train": "train.json", "validate": "validate.json", "val": "validate.json",
+               "test": "test.json"}
+ANSWER_TYPES = ("OPEN", "CLOSED")
+_REQUIRED = ("img_name", "question", "answer", "q_lang", "answer_type")
+
+
+@dataclass(frozen=True)
+class SlakeExample:
+    qid: str
+    image: Path
+    question: str
+    answer: str
+    answer_type: str  # OPEN or CLOSED
+    lang: str
+
+    @property
+    def prompt(self) -> str:
+        return f"Question: {self.question}\nResponse:"
+
+    @property
+    def target(self) -> str:
+        return self.answer
+
+
+def load_slake(root: str | Path, split: str = "test", lang: str | None = "en",
+               check_images: bool = True) -> list[SlakeExample]:
+    """Questions of one split; lang=None keeps every language."""
+    root = Path(root)
+    if split not in SPLIT_FILES:
+        raise DataError(f"unknown Slake split {split!r}; expected one of {sorted(SPLIT_FILES)}")
+    path = root / SPLIT_FILES[split]
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"Slake file {path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot parse {path}: {e}") from e
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of questions at the top level")
+    examples = []
+    for i, r in enumerate(records):
+        where = f"{path}: entry {i}"
+        if not isinstance(r, dict):
+            raise DataError(f"{where} is not an object")
+        for key in _REQUIRED:
+            if key not in r:
+                raise DataError(f"{where} lacks key '{key}'")
+        answer_type = str(r["answer_type"]).upper()
+        if answer_type not in ANSWER_TYPES:
+            raise DataError(f"{where}: key 'answer_type' is {r['answer_type']!r}, expected "
+                            f"OPEN or CLOSED")
+        if lang is not None and r["q_lang"] != lang:
+            continue
+        image = root / "imgs" / str(r["img_name"])
+        if check_images and not image.is_file():
+            raise DataError(f"{where}: image file {image} is missing")
+        # Some answers are numbers in the JSON; the metrics compare text.
+        examples.append(SlakeExample(str(r.get("qid", i)), image, str(r["question"]),
+                                     str(r["answer"]), answer_type, str(r["q_lang"])))
+    return examples
+
+
+def score_slake(predictions: Sequence[str], examples: Sequence[SlakeExample]) -> dict:
+    """Percentages. Closed: "gt in pred" hit rate. Open: the same hit rate ("recall"), exact
+    match, token F1 and BLEU-1, averaged over open questions. All on normalised words."""
+    if len(predictions) != len(examples):
+        raise DataError(f"{len(predictions)} predictions for {len(examples)} Slake questions")
+    closed = [(p, e.answer) for p, e in zip(predictions, examples) if e.answer_type == "CLOSED"]
+    open_ = [(p, e.answer) for p, e in zip(predictions, examples) if e.answer_type == "OPEN"]
+    return {
+        "closed_hit": percent(sum(contains_answer(p, g) for p, g in closed), len(closed)),
+        "open_hit": percent(sum(contains_answer(p, g) for p, g in open_), len(open_)),
+        "open_exact": percent(sum(exact_match(p, g) for p, g in open_), len(open_)),
+        "open_f1": percent(sum(token_f1(p, g) for p, g in open_), len(open_)),
+        "open_bleu1": percent(sum(bleu1(p, g) for p, g in open_), len(open_)),
+        "n_open": len(open_),
+        "n_closed": len(closed),
+    }

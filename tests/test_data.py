@@ -1,0 +1,415 @@
+"""Task-data layer: AID scan/splits, synthetic AID, ScienceQA and Slake loaders and metrics.
+
+Every fixture is written here in the data set's real on-disk format; expected scores are worked
+out by hand in the comments next to them.
+"""
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eas.data import DataError, DataWarning, drop_unreadable, iter_readable
+from eas.data import synthetic_aid
+from eas.data.aid import (AID_CLASS_DIRS, AID_LABELS, AID_PROMPT, SYNTHETIC_MARKER, AidExample,
+                          paper_split, scan_aid, score_aid, split_aid)
+from eas.data.metrics import (bleu1, contains_answer, exact_match, normalize_answer, token_f1)
+from eas.data.scienceqa import (build_prompt, extract_answer, load_scienceqa, predicted_index,
+                                score_scienceqa)
+from eas.data.slake import load_slake, score_slake
+from eas.data.synthetic_aid import SYNTHETIC_NOTICE, ensure_synthetic_aid, render
+
+# Image counts of the real AID classes (they sum to 10,000).
+AID_SIZES = (360, 310, 220, 400, 360, 260, 240, 350, 410, 300, 370, 250, 390, 280, 290, 340, 350,
+             390, 370, 420, 380, 260, 290, 410, 300, 300, 330, 290, 360, 420)
+
+
+def _jpeg(path, colour=(100, 150, 200), size=8):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), colour).save(path, "JPEG")
+
+
+def _fake_aid(root, per_class=lambda i: 8 + i % 3):
+    for i, (d, label) in enumerate(zip(AID_CLASS_DIRS, AID_LABELS)):
+        for n in range(1, per_class(i) + 1):
+            _jpeg(root / d / f"{label}_{n}.jpg", (i * 8, n * 20, 90))
+    return root
+
+
+# -- AID ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def aid_root(tmp_path):
+    root = _fake_aid(tmp_path / "AID")
+    (root / "Airport" / "airport_99.jpg").write_bytes(b"this is not a jpeg")  # corrupt
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "JPEG")
+    (root / "Beach" / "beach_98.jpg").write_bytes(buf.getvalue()[:200])  # truncated
+    (root / "Airport" / "Thumbs.db").write_bytes(b"x")
+    (root / "Beach" / "beach_copy.jpg").write_bytes(b"x")
+    (root / "readme.txt").write_text("stray")
+    return root
+
+
+def test_aid_scan_counts_labels_and_stray_warnings(aid_root):
+    with pytest.warns(DataWarning, match="skipped 3 entries"):
+        scan = scan_aid(aid_root)
+    assert not scan.synthetic
+    counts = scan.counts()
+    assert list(counts) == list(AID_LABELS)
+    assert counts["airport"] == 8 + 1 and counts["beach"] == 8 + 1  # + the corrupt files
+    assert sum(counts.values()) == sum(8 + i % 3 for i in range(30)) + 2
+    assert len(scan.warnings) == 3 and any("Thumbs.db" in w for w in scan.warnings)
+    e = scan.examples[0]
+    assert (e.label, e.index, e.image.name) == ("airport", 1, "airport_1.jpg")
+    assert e.prompt == ("Question: What is the label for this image?\n"
+                        "Answer the question using a single word.\nResponse:")
+    assert e.prompt == AID_PROMPT and e.answer == e.target == "airport"
+
+
+def test_aid_corrupt_images_are_skipped_when_read(aid_root):
+    with pytest.warns(DataWarning):  # the stray files; scanning decodes nothing
+        examples = [e for e in scan_aid(aid_root).examples if e.label in ("airport", "beach")]
+    assert len(examples) == 9 + 9
+    skipped = []
+    with pytest.warns(DataWarning, match="skipped 2 unreadable"):
+        kept = drop_unreadable(examples, skipped)
+    assert len(kept) == 16
+    assert any("airport_99.jpg" in s for s in skipped) and any("beach_98.jpg" in s for s in skipped)
+    image = next(iter_readable(kept))[1]
+    assert image.mode == "RGB" and image.size == (8, 8)
+
+
+def test_aid_layout_errors_name_the_path(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        scan_aid(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty.*no class folders.*Airport"):
+        scan_aid(tmp_path / "empty")
+    root = _fake_aid(tmp_path / "a", per_class=lambda i: 1)
+    _jpeg(root / "Airplanes" / "airplanes_1.jpg")
+    with pytest.raises(DataError, match=r"unknown class folder 'Airplanes'.*Airport, BareLand"):
+        scan_aid(root)
+    root = _fake_aid(tmp_path / "b", per_class=lambda i: 1)
+    for f in (root / "Viaduct").iterdir():
+        f.unlink()
+    (root / "Viaduct").rmdir()
+    with pytest.raises(DataError, match="lacks class folder.*Viaduct"):
+        scan_aid(root)
+    assert len(scan_aid(root, require_all_classes=False).examples) == 29
+
+
+def _examples(sizes=AID_SIZES):
+    return [AidExample(Path(d) / f"{label}_{n}.jpg", label, n)
+            for d, label, size in zip(AID_CLASS_DIRS, AID_LABELS, sizes)
+            for n in range(1, size + 1)]
+
+
+def test_aid_paper_splits_sizes_stratified_disjoint():
+    examples = _examples()
+    for setting, n_train in (("20", 2000), ("50", 5000)):
+        split = paper_split(examples, setting, seed=0)
+        full = split.train_full
+        assert (len(full), len(split.test)) == (n_train, 10000 - n_train)
+        assert len(split.val) == round(0.1 * n_train)
+        ids = [set(e.image for e in part) for part in (split.train, split.val, split.test)]
+        assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+        assert len(ids[0] | ids[1] | ids[2]) == 10000
+        fraction = n_train / 10000
+        for label, size in zip(AID_LABELS, AID_SIZES):
+            n = sum(e.label == label for e in full)
+            assert abs(n - fraction * size) < 1  # largest remainder: off by less than one
+            assert sum(e.label == label for e in split.val) >= 1
+
+
+def test_aid_split_seeded_nested_and_test_independent_of_val():
+    examples = _examples()
+    a, b = split_aid(examples, 0.2, seed=3), split_aid(examples, 0.2, seed=3)
+    assert a == b
+    assert split_aid(examples, 0.2, seed=4).test != a.test
+    half = split_aid(examples, 0.5, seed=3)
+    assert set(e.image for e in a.train_full) <= set(e.image for e in half.train_full)
+    assert split_aid(examples, 0.2, seed=3, val_fraction=0.3).test == a.test
+    assert split_aid(examples, 0.2, seed=3, val_fraction=0).val == []
+
+
+def test_aid_tiny_classes_keep_one_image_in_each_part():
+    split = split_aid(_examples([3] * 30), 0.2, seed=0)
+    for part in (split.train, split.val, split.test):
+        assert sorted(set(e.label for e in part)) == sorted(AID_LABELS)
+    with pytest.raises(DataError, match="too few images"):
+        split_aid(_examples([2] * 30), 0.2)
+    with pytest.raises(DataError, match="unknown AID setting"):
+        paper_split(_examples([3] * 30), "30")
+
+
+def test_aid_scoring_normalises():
+    examples = _examples([1] * 4)[:4]  # airport, bareland, baseballfield, beach
+    predictions = ["Airport.", "the bareland", "Baseball field", "BEACH!"]
+    scores = score_aid(predictions, examples)
+    assert scores["accuracy"] == 75.0  # "baseball field" is two words, not the label
+    assert scores["per_class"] == {"airport": 100.0, "bareland": 100.0, "baseballfield": 0.0,
+                                   "beach": 100.0}
+
+
+# -- shared metrics ----------------------------------------------------------------------------
+
+def test_normalisation_and_text_scores():
+    assert normalize_answer("  The X-Ray, of an  Apple's core. ") == "x ray of apples core"
+    assert normalize_answer("1.5 cm") == "1.5 cm" and normalize_answer("A") == ""
+    assert exact_match("The left lung.", "left lung")
+    assert contains_answer("Yes, it is", "yes") and not contains_answer("Normal", "no")
+    assert not contains_answer("anything", "the")  # nothing left of the gold answer
+    assert token_f1("lung", "left lung") == pytest.approx(2 / 3)  # P 1, R 1/2
+    assert token_f1("liver and spleen", "liver") == pytest.approx(0.5)  # P 1/3, R 1
+    assert bleu1("lung", "left lung") == pytest.approx(math.exp(1 - 2))  # p1 = 1, BP = e^-1
+    assert bleu1("liver and spleen", "liver") == pytest.approx(1 / 3)  # longer: BP = 1
+    assert bleu1("lung lung lung", "lung") == pytest.approx(1 / 3)  # clipped counts
+    assert bleu1("", "lung") == 0.0
+
+
+# -- ScienceQA ---------------------------------------------------------------------------------
+
+def _problem(question, choices, answer, hint, image, grade, subject, lecture="L.", solution="S."):
+    return {"question": question, "choices": choices, "answer": answer, "hint": hint,
+            "image": image, "task": "closed choice", "grade": grade, "subject": subject,
+            "lecture": lecture, "solution": solution, "split": "test"}
+
+
+@pytest.fixture
+def sqa_root(tmp_path):
+    problems = {
+        "1": _problem("Which is hot?", ["ice", "sun", "snow"], 1, "Look.", "image.png", "grade2",
+                      "natural science"),
+        "2": _problem("Which is a state?", ["Ohio", "Paris"], 0, "", None, "grade8",
+                      "social science"),
+        "3": _problem("Which word is a noun?", ["run", "blue", "cat"], 2, "Read.", None,
+                      "grade11", "language science",
+                      lecture="A noun names a thing.\nVerbs  name actions.",
+                      solution="Cat  is a noun. "),
+        "4": _problem("Which is a mammal?", ["eel", "owl", "ant", "cow"], 3, "", "image.png",
+                      "grade6", "natural science", lecture="", solution=""),
+        "5": _problem("Which map is right?", ["left", "right"], 0, "Maps.", "image.png",
+                      "grade12", "social science"),
+    }
+    (tmp_path / "problems.json").write_text(json.dumps(problems))
+    (tmp_path / "pid_splits.json").write_text(json.dumps({"train": [], "test": list(problems)}))
+    for pid in ("1", "4", "5"):
+        path = tmp_path / "images" / "test" / pid / "image.png"
+        path.parent.mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(path)
+    return tmp_path
+
+
+def test_scienceqa_prompts_exact(sqa_root):
+    ex = {e.pid: e for e in load_scienceqa(sqa_root, "test")}
+    assert ex["3"].prompt == ("Question: Which word is a noun?\nContext: Read.\n"
+                              "Options: (A) run (B) blue (C) cat\nResponse:")
+    assert ex["3"].target == ("The answer is C. BECAUSE: A noun names a thing.\\nVerbs name "
+                              "actions. Cat is a noun.")
+    assert ex["2"].prompt == ("Question: Which is a state?\nContext: N/A\n"
+                              "Options: (A) Ohio (B) Paris\nResponse:")
+    assert ex["2"].target == "The answer is A. BECAUSE: L. S."
+    assert ex["4"].target == "The answer is D."  # no lecture, no solution: no "BECAUSE:"
+    assert ex["1"].image == sqa_root / "images" / "test" / "1" / "image.png"
+    assert ex["2"].image is None and ex["3"].answer_letter == "C"
+    assert build_prompt("Q?", "  ", ["x", "y"], 1, "a", "b") == (
+        "Question: Q?\nContext: N/A\nOptions: (A) x (B) y\nResponse:",
+        "The answer is B. BECAUSE: a b")
+
+
+def test_scienceqa_answer_extraction():
+    assert extract_answer("The answer is B. BECAUSE: it is.") == "B"
+    assert extract_answer("Maybe C. or The answer is A. fine") == "A"  # first pattern wins
+    assert extract_answer("I pick D. because") == "D"
+    assert extract_answer("The answer is b.") is None
+    assert extract_answer("no letter here") is None
+
+
+def test_scienceqa_fallback_is_seeded_and_in_range(sqa_root):
+    ex = load_scienceqa(sqa_root)[3]  # 4 choices, A..D
+    assert predicted_index("The answer is D.", ex) == 3
+    picks = {predicted_index("The answer is E.", ex, seed=s) for s in range(40)}  # E: not a choice
+    assert picks <= {0, 1, 2, 3} and len(picks) > 1
+    assert predicted_index("gibberish", ex, seed=7) == predicted_index("gibberish", ex, seed=7)
+
+
+def test_scienceqa_scores_and_breakdowns(sqa_root):
+    examples = load_scienceqa(sqa_root)
+    predictions = {"1": "The answer is B. BECAUSE: hot",  # right  NAT TXT IMG G1-6
+                   "2": "Probably B. yes",                # wrong  SOC NO G7-12
+                   "3": "The answer is C.",               # right  LAN TXT G7-12
+                   "4": "A.",                             # wrong  NAT IMG G1-6
+                   "5": "The answer is A."}               # right  SOC TXT IMG G7-12
+    s = score_scienceqa(predictions, examples)
+    assert s["Average"] == pytest.approx(60.0)
+    expected = {"NAT": 50.0, "SOC": 50.0, "LAN": 100.0, "TXT": 100.0, "IMG": 200 / 3, "NO": 0.0,
+                "G1-6": 50.0, "G7-12": 200 / 3}
+    assert {k: s[k] for k in expected} == pytest.approx(expected)
+    assert s["n"] == {"Average": 5, "NAT": 2, "SOC": 2, "LAN": 1, "TXT": 3, "IMG": 3, "NO": 1,
+                      "G1-6": 2, "G7-12": 3}
+    assert score_scienceqa([predictions[e.pid] for e in examples], examples) == s
+
+
+def test_scienceqa_errors_name_file_and_key(sqa_root):
+    problems = json.loads((sqa_root / "problems.json").read_text())
+    with pytest.raises(DataError, match=r"pid_splits.json has no split 'val'.*'test', 'train'"):
+        load_scienceqa(sqa_root, "val")
+    del problems["2"]["choices"]
+    problems["4"]["answer"] = 9
+    (sqa_root / "problems.json").write_text(json.dumps(problems))
+    with pytest.raises(DataError, match=r"problems.json: problem '2' lacks key 'choices'"):
+        load_scienceqa(sqa_root)
+    problems["2"]["choices"] = ["a", "b"]
+    (sqa_root / "problems.json").write_text(json.dumps(problems))
+    with pytest.raises(DataError, match=r"problem '4': key 'answer' is 9.*4 choices"):
+        load_scienceqa(sqa_root)
+    (sqa_root / "pid_splits.json").write_text(json.dumps({"test": ["77"]}))
+    with pytest.raises(DataError, match=r"pid '77' of split 'test' is not a key of .*problems"):
+        load_scienceqa(sqa_root)
+    (sqa_root / "problems.json").write_text("{broken")
+    with pytest.raises(DataError, match="cannot parse .*problems.json"):
+        load_scienceqa(sqa_root)
+
+
+def test_scienceqa_missing_image_named(sqa_root):
+    os.remove(sqa_root / "images" / "test" / "5" / "image.png")
+    with pytest.raises(DataError, match=r"problem '5': image file .*5.image.png is missing"):
+        load_scienceqa(sqa_root)
+    assert len(load_scienceqa(sqa_root, check_images=False)) == 5
+
+
+# -- Slake -------------------------------------------------------------------------------------
+
+def _slake_entry(qid, question, answer, answer_type, lang="en", img="xmlab1/source.jpg"):
+    return {"img_id": 1, "img_name": img, "question": question, "answer": answer,
+            "q_lang": lang, "location": "Lung", "modality": "CT", "answer_type": answer_type,
+            "base_type": "vqa", "content_type": "Organ", "triple": ["vhead", "_", "_"],
+            "qid": qid}
+
+
+@pytest.fixture
+def slake_root(tmp_path):
+    entries = [_slake_entry(0, "Is this a CT image?", "Yes", "CLOSED"),
+               _slake_entry(1, "Is the lung abnormal?", "No", "CLOSED"),
+               _slake_entry(2, "Which organ is dark?", "Left Lung", "OPEN"),
+               _slake_entry(3, "What organ is shown?", "Liver", "OPEN"),
+               _slake_entry(4, "Where is the nodule?", "left lung", "OPEN"),
+               _slake_entry(5, "这是什么?", "肝脏", "OPEN", lang="zh")]
+    (tmp_path / "test.json").write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
+    _jpeg(tmp_path / "imgs" / "xmlab1" / "source.jpg")
+    return tmp_path
+
+
+def test_slake_loads_english_and_scores(slake_root):
+    examples = load_slake(slake_root, "test")
+    assert [e.qid for e in examples] == ["0", "1", "2", "3", "4"]
+    assert len(load_slake(slake_root, "test", lang=None)) == 6
+    assert examples[2].prompt == "Question: Which organ is dark?\nResponse:"
+    assert examples[2].target == "Left Lung" and examples[0].answer_type == "CLOSED"
+    assert examples[0].image == slake_root / "imgs" / "xmlab1" / "source.jpg"
+    predictions = ["Yes, it is.", "Normal", "the left lung", "liver and spleen", "lung"]
+    s = score_slake(predictions, examples)
+    # closed: "yes" found, "no" is not a word of "normal" -> 1/2
+    # open:   hit 1,1,0; exact 1,0,0; F1 1, 1/2, 2/3; BLEU-1 1, 1/3, e^-1
+    assert s["closed_hit"] == pytest.approx(50.0)
+    assert s["open_hit"] == pytest.approx(200 / 3)
+    assert s["open_exact"] == pytest.approx(100 / 3)
+    assert s["open_f1"] == pytest.approx(100 * (1 + 0.5 + 2 / 3) / 3)
+    assert s["open_bleu1"] == pytest.approx(100 * (1 + 1 / 3 + math.exp(-1)) / 3)
+    assert (s["n_open"], s["n_closed"]) == (3, 2)
+
+
+def test_slake_errors_name_file_and_key(slake_root):
+    with pytest.raises(DataError, match="train.json is missing"):
+        load_slake(slake_root, "train")
+    bad = [_slake_entry(0, "q", "a", "CLOSED"), _slake_entry(1, "q", "a", "open-ended")]
+    (slake_root / "test.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=r"test.json: entry 1: key 'answer_type' is 'open-ended'"):
+        load_slake(slake_root)
+    del bad[1]["question"]
+    (slake_root / "test.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=r"test.json: entry 1 lacks key 'question'"):
+        load_slake(slake_root)
+    missing_image = [_slake_entry(0, "q", "a", "OPEN", img="x.jpg")]
+    (slake_root / "test.json").write_text(json.dumps(missing_image))
+    with pytest.raises(DataError, match=r"entry 0: image file .*x.jpg is missing"):
+        load_slake(slake_root)
+
+
+# -- synthetic AID -----------------------------------------------------------------------------
+
+def _tree_bytes(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*.jpg"))}
+
+
+def test_synthetic_set_layout_determinism_and_cache(tmp_path, monkeypatch):
+    assert "SYNTHETIC" in synthetic_aid.__doc__ and "not the real AID" in SYNTHETIC_NOTICE
+    root = ensure_synthetic_aid(tmp_path / "c1", per_class=2, size=32, seed=5)
+    scan = scan_aid(root)
+    assert scan.synthetic and not scan.warnings
+    assert scan.counts() == dict.fromkeys(AID_LABELS, 2)
+    assert {e.image.relative_to(root).as_posix() for e in scan.examples} >= {
+        "Airport/airport_1.jpg", "StorageTanks/storagetanks_2.jpg"}
+    with Image.open(root / "Viaduct" / "viaduct_1.jpg") as im:
+        assert (im.format, im.size, im.mode) == ("JPEG", (32, 32), "RGB")
+    assert json.loads((root / SYNTHETIC_MARKER).read_text())["notice"] == SYNTHETIC_NOTICE
+
+    again = ensure_synthetic_aid(tmp_path / "c2", per_class=2, size=32, seed=5)
+    assert _tree_bytes(again) == _tree_bytes(root)  # same seed, same bytes
+    other = ensure_synthetic_aid(tmp_path / "c2", per_class=2, size=32, seed=6)
+    assert _tree_bytes(other) != _tree_bytes(root)
+
+    def no_rewrite(*args, **kwargs):
+        raise AssertionError("a complete cache was regenerated")
+    monkeypatch.setattr(synthetic_aid, "write_synthetic_aid", no_rewrite)
+    assert ensure_synthetic_aid(tmp_path / "c1", per_class=2, size=32, seed=5) == root
+    monkeypatch.undo()
+
+    (root / "Pond" / "pond_2.jpg").unlink()  # incomplete -> regenerated in full
+    assert _tree_bytes(ensure_synthetic_aid(tmp_path / "c1", per_class=2, size=32, seed=5)) \
+        == _tree_bytes(again)
+
+
+def test_synthetic_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+
+    def failing_render(*args):
+        calls.append(args)
+        if len(calls) > 5:
+            raise KeyboardInterrupt
+        return Image.new("RGB", (16, 16))
+    monkeypatch.setattr(synthetic_aid, "render", failing_render)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synthetic_aid(tmp_path, per_class=3, size=16)
+    assert list(tmp_path.iterdir()) == []  # neither a half set nor a temporary folder
+
+
+def test_synthetic_residential_trio_differs_by_density_not_colour():
+    trio = ("denseresidential", "mediumresidential", "sparseresidential")
+    colour, edges = {}, {}
+    for label in trio:
+        images = [np.asarray(render(label, i, 64, 0), np.float32) for i in range(1, 25)]
+        colour[label] = np.stack([x.mean((0, 1)) for x in images])
+        grey = [x.mean(2) for x in images]
+        edges[label] = np.mean([np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean()
+                                for g in grey])
+    # Denser building means more roof edges per pixel.
+    assert edges["denseresidential"] > edges["mediumresidential"] > edges["sparseresidential"]
+    # A nearest-centroid classifier on mean colour (fit on even, tested on odd images) must stay
+    # far from perfect: the trio shares one palette.
+    centroids = np.stack([colour[label][::2].mean(0) for label in trio])
+    test = np.concatenate([colour[label][1::2] for label in trio])
+    truth = np.repeat(np.arange(3), 12)
+    accuracy = (np.argmin(((test[:, None] - centroids) ** 2).sum(-1), 1) == truth).mean()
+    assert accuracy < 0.8
+
+
+def test_synthetic_classes_all_render_distinct_textured_scenes():
+    images = [np.asarray(render(label, 1, 32, 0), np.float32) for label in AID_LABELS]
+    assert len({x.tobytes() for x in images}) == 30
+    assert min(x.std() for x in images) > 2.0  # every scene has texture, none is a flat colour
