@@ -1,0 +1,192 @@
+"""Adapter-tuning utilities (eas_method.md §4.1): AdamW groups, LR schedule, precision, resumable state.
+
+The recipe: AdamW(betas 0.9/0.95, weight decay 0.02 except biases and 1-D parameters), a
+per-iteration linear warm-up from 0 followed by a half-cycle cosine, gradient accumulation.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters split as timm's param_groups_weight_decay: biases and 1-D tensors
+    (norm gains, scales) get no decay; frozen parameters are left out entirely."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.02,
+                   betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+    groups = [g for g in param_groups(model, weight_decay) if g["params"]]
+    if not groups:
+        raise ValueError("the model has no trainable parameters: call eas.eas_model.mark_trainable first")
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def lr_at(step: float, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0) -> float:
+    """Linear warm-up from 0 over warmup_steps, then half-cycle cosine reaching min_lr at total_steps.
+
+    step may be fractional (MAE/LaVIN evaluate it at epoch + iteration / iterations_per_epoch).
+    """
+    if not 0 <= warmup_steps <= total_steps or total_steps <= 0:
+        raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}), total > 0")
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def autocast_context(device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (fp16 where bf16 is unsupported, then pair it with a GradScaler);
+    plain fp32 on the CPU, where autocast would only slow the tiny test models down."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, batches: Sequence,
+               step: int, schedule: Callable[[int], float] | None = None, *, max_grad_norm: float | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> float:
+    """One optimizer step over micro-batches; returns the mean micro-batch loss.
+
+    loss_fn(model, batch) -> scalar loss, mean-reduced within the batch. Each loss is divided by
+    the number of micro-batches, so with equal-size batches the accumulated gradient is that of
+    the concatenated batch. schedule(step) sets the learning rate of every group first.
+    """
+    if not batches:
+        raise ValueError("train_step needs at least one micro-batch")
+    if schedule is not None:
+        set_lr(optimizer, schedule(step))
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    device = params[0].device
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    for batch in batches:
+        with autocast_context(device):
+            loss = loss_fn(model, batch)
+        scaled = loss / len(batches)
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        total += loss.detach()
+    mean_loss = total.item() / len(batches)
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"non-finite training loss {mean_loss} at step {step}; parameters not updated")
+    if max_grad_norm is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return mean_loss
+
+
+@dataclass
+class TrainState:
+    """Progress counters plus the global RNG states, so a resumed run draws the same numbers."""
+    step: int = 0
+    epoch: int = 0
+    rng: dict = field(default_factory=dict)
+
+    def capture(self) -> "TrainState":
+        np_state = np.random.get_state(legacy=False)
+        self.rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                    "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                              "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                              "gauss": float(np_state["gauss"])}}
+        if torch.cuda.is_available():
+            self.rng["cuda"] = torch.cuda.get_rng_state_all()
+        return self
+
+    def restore(self) -> "TrainState":
+        if not self.rng:
+            raise ValueError("TrainState has no RNG state to restore: call capture() before saving")
+        version, internal, gauss = self.rng["python"]
+        random.setstate((version, tuple(internal), gauss))  # a checkpoint may turn the tuple into a list
+        torch.set_rng_state(self.rng["torch"])
+        n = self.rng["numpy"]
+        np.random.set_state({"bit_generator": "MT19937",
+                             "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                             "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+        if "cuda" in self.rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.rng["cuda"])
+        return self
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "rng": self.rng}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.epoch, self.rng = int(state["step"]), int(state["epoch"]), state["rng"]
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only what training changes (the adapters), so checkpoints stay small next to a frozen 7B base."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if expected != state.keys():
+        missing, extra = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        raise CheckpointError(f"{source}: trainable parameters differ; missing {missing[:8]}, unexpected {extra[:8]}")
+    params = dict(model.named_parameters())
+    for name, value in state.items():
+        if params[name].shape != value.shape:
+            raise CheckpointError(f"{source}: {name} has shape {tuple(value.shape)}, the model expects "
+                                  f"{tuple(params[name].shape)}")
+        with torch.no_grad():
+            params[name].copy_(value)
+
+
+def save_checkpoint(path, **objects) -> Path:
+    """Write {name: obj.state_dict() or obj} atomically: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {name: obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    """The saved {name: state}; tensors on the CPU. Only plain data is unpickled (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {e}") from e

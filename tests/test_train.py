@@ -1,0 +1,161 @@
+"""Training utilities (eas_method.md §4.1) against hand-computed values and analytic gradients."""
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from eas.checkpoint import CheckpointError
+from eas.config import LlamaConfig
+from eas.eas_model import EASConfig, add_adapters, mark_trainable
+from eas.llama import Llama
+from eas.train import (TrainState, autocast_context, load_checkpoint, load_trainable_state, lr_at,
+                       make_optimizer, param_groups, save_checkpoint, train_step, trainable_state_dict)
+
+
+def test_lr_schedule_by_hand():
+    lr = lambda step, **kw: lr_at(step, total_steps=100, warmup_steps=10, base_lr=1e-3, **kw)  # noqa: E731
+    assert lr(0) == 0.0
+    assert lr(5) == pytest.approx(5e-4)
+    assert lr(10) == pytest.approx(1e-3)
+    assert lr(32.5) == pytest.approx(1e-3 * 0.5 * (1 + 1 / math.sqrt(2)))  # a quarter of the half-cycle
+    assert lr(55) == pytest.approx(5e-4)
+    assert lr(100) == pytest.approx(0.0, abs=1e-15)
+    assert lr(55, min_lr=1e-4) == pytest.approx(1e-4 + 0.5 * 9e-4)
+    assert lr(250, min_lr=1e-4) == pytest.approx(1e-4)  # stays at the floor past the end
+    assert lr_at(0, 10, 0, 2.0) == 2.0  # no warm-up
+    with pytest.raises(ValueError, match="warmup_steps"):
+        lr_at(0, 10, 20, 1.0)
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.adapter = nn.Linear(3, 4)
+        self.gain = nn.Parameter(torch.ones(4))
+        self.frozen = nn.Linear(4, 2)
+        self.frozen.requires_grad_(False)
+
+
+def test_param_groups_follow_timm_rules():
+    toy = Toy()
+    no_decay, decay = param_groups(toy, 0.02)
+    assert [id(p) for p in decay["params"]] == [id(toy.adapter.weight)]
+    assert {id(p) for p in no_decay["params"]} == {id(toy.adapter.bias), id(toy.gain)}
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.02, 0.0)
+
+    model = mark_trainable(add_adapters(Llama(LlamaConfig.named("test")), EASConfig(adapter_dim=4, skip_dim=8)))
+    opt = make_optimizer(model, lr=1e-3)
+    assert opt.defaults["betas"] == (0.9, 0.95)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["weight_decay"]: sorted(names[id(p)] for p in g["params"]) for g in opt.param_groups}
+    # Per layer: PIA-A has down, router, up_b, up_d; PIA-S also down_pool. Weights decay, biases do not.
+    modules = [f"layers.{i}.adapter_attn.{m}" for i in range(4) for m in ("down", "router", "up_b", "up_d")]
+    modules += [f"layers.{i}.adapter_skip.{m}" for i in range(4)
+                for m in ("down", "down_pool", "router", "up_b", "up_d")]
+    assert groups[0.02] == sorted(m + ".weight" for m in modules)
+    assert groups[0.0] == sorted(m + ".bias" for m in modules)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        make_optimizer(Llama(LlamaConfig.named("test")).requires_grad_(False), lr=1e-3)
+
+
+def mse(model, batch):
+    x, t = batch
+    return ((model(x) - t) ** 2).mean()
+
+
+def test_accumulation_equals_the_concatenated_batch(gen):
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    t = torch.randn(4, 2, generator=gen, dtype=torch.float64)
+    start = nn.Linear(3, 2).double()
+    w0, b0 = start.weight.detach().clone(), start.bias.detach().clone()
+    # Analytic gradient of mean((x W^T + b - t)^2) over all 8 elements.
+    d = 2 * (x @ w0.T + b0 - t) / t.numel()
+    lr, results = 0.1, []
+    for batches in ([(x[:2], t[:2]), (x[2:], t[2:])], [(x, t)]):
+        model = nn.Linear(3, 2).double()
+        model.load_state_dict(start.state_dict())
+        opt = torch.optim.SGD(model.parameters(), lr=123.0)  # the schedule must override this
+        loss = train_step(model, mse, opt, batches, step=2, schedule=lambda s: 0.05 * s)
+        assert opt.param_groups[0]["lr"] == lr
+        results.append((loss, model.weight.detach(), model.bias.detach()))
+    for loss, w, b in results:
+        assert loss == pytest.approx(((x @ w0.T + b0 - t) ** 2).mean().item(), rel=1e-12)
+        assert torch.allclose(w, w0 - lr * d.T @ x, atol=1e-12)
+        assert torch.allclose(b, b0 - lr * d.sum(0), atol=1e-12)
+
+
+def test_grad_clipping_and_non_finite_loss(gen):
+    model = nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = (torch.randn(4, 3, generator=gen), torch.randn(4, 2, generator=gen) + 5)
+    train_step(model, mse, torch.optim.SGD(model.parameters(), lr=1.0), [batch], 0, max_grad_norm=1e-3)
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
+    assert step.norm().item() == pytest.approx(1e-3, rel=1e-4)  # SGD with lr 1 moves by the clipped gradient
+
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match="step 7"):
+        train_step(model, lambda m, b: mse(m, b) * float("inf"), torch.optim.SGD(model.parameters(), lr=1.0),
+                   [batch], 7)
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_cpu_runs_in_fp32():
+    with autocast_context("cpu"):
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+        assert not torch.is_autocast_enabled("cpu")
+    assert y.dtype == torch.float32
+
+
+def draws():
+    return random.random(), random.gauss(0, 1), np.random.rand(2).tolist(), np.random.randn(1).tolist(), \
+        torch.rand(3).tolist()
+
+
+def test_rng_capture_and_restore(tmp_path):
+    np.random.randn(1)  # leave a cached Gaussian in numpy's state, part of what must be restored
+    random.gauss(0, 1)
+    state = TrainState(step=5, epoch=1).capture()
+    first = draws()
+    state.restore()
+    assert draws() == first
+    save_checkpoint(tmp_path / "rng.pt", state=state)
+    draws()
+    loaded = TrainState()
+    loaded.load_state_dict(load_checkpoint(tmp_path / "rng.pt")["state"])
+    assert (loaded.step, loaded.epoch) == (5, 1)
+    loaded.restore()
+    assert draws() == first
+
+
+def test_checkpoint_is_atomic_and_errors_name_the_file(tmp_path, gen):
+    model = nn.Linear(3, 2)
+    path = tmp_path / "run" / "ckpt.pt"
+    save_checkpoint(path, model=model, meta={"skip": [1, 2]})
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]
+    good = path.read_bytes()
+    state = load_checkpoint(path)
+    assert state["meta"] == {"skip": [1, 2]} and torch.equal(state["model"]["weight"], model.weight)
+
+    with pytest.raises(Exception):
+        save_checkpoint(path, model=model, bad=lambda: None)  # unpicklable: the save fails midway
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"] and path.read_bytes() == good
+
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing.pt")):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_trainable_state_round_trip():
+    toy = Toy()
+    state = trainable_state_dict(toy)
+    assert set(state) == {"adapter.weight", "adapter.bias", "gain"}
+    other = Toy()
+    load_trainable_state(other, state)
+    assert all(torch.equal(getattr(other.adapter, k), getattr(toy.adapter, k)) for k in ("weight", "bias"))
+    with pytest.raises(CheckpointError, match="missing \\['gain'\\]"):
+        load_trainable_state(other, {k: v for k, v in state.items() if k != "gain"})
