@@ -1,5 +1,6 @@
 """EAS command line: `python run.py <command> --help`.
 
+    tune       adapt a LaVIN-style model to a task with EAS: search, fine-tune, evaluate, merge
     generate   answer a prompt (optionally about an image) with a LaVIN-style model
 """
 from __future__ import annotations
@@ -79,10 +80,58 @@ def generate(prompt: str, image: str | None = None, model: str | None = None, ra
     return text
 
 
+TUNE_HELP = {
+    "task": "aid (synthetic AID-like data without --data-root), scienceqa or slake",
+    "data_root": "the data set's folder (AID: <ClassDir>/<class>_<n>.jpg)",
+    "setting": "AID train share: 20 or 50 (%%), as in the paper",
+    "base": "own-format LaVIN folder (default: the tiny pretrained base in weights/tiny)",
+    "llama": "Meta or Hugging Face LLaMA folder (with --clip, instead of --base)",
+    "clip": "OpenAI CLIP checkpoint or converted folder (with --llama)",
+    "out": "run folder: log.jsonl, state.pt, report.*, merged.pt",
+    "skip": "K attentions to skip (default: a quarter of the layers; 0 = adapter-only baseline)",
+    "skip_set": "comma-separated layers to skip, no search (e.g. 1,5)",
+    "unit": "search candidate unit (attention)",
+    "warm_start": "fine-tune from the super-net's adapters instead of fresh ones",
+    "merge": "the form written to merged.pt: static or dynamic",
+    "max_test": "evaluate on the first N test examples only",
+    "resume": "continue an interrupted run in --out from its last checkpoint",
+    "save_minutes": "checkpoint at least this often",
+    "save_every": "also checkpoint every N steps (0: by time only)",
+}
+
+
+def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
+    """One --flag per TuneConfig field, typed from its default, so CLI and library cannot drift."""
+    import dataclasses
+    for f in dataclasses.fields(cls):
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        help_ = TUNE_HELP.get(f.name, f.name.replace("_", " "))
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_)
+        elif f.name == "skip_set":
+            parser.add_argument(flag, type=lambda v: tuple(int(x) for x in v.split(",") if x.strip()),
+                                default=None, help=help_)
+        else:
+            kind = {"int | None": int, "str | None": str}.get(str(f.type), type(default) if default is not None else str)
+            parser.add_argument(flag, type=kind, default=default, help=f"{help_} (default {default})")
+
+
+def tune(**kwargs) -> dict:
+    from eas.report import summary_lines
+    from eas.tune import TuneConfig, tune as run_tune
+    report = run_tune(TuneConfig(**kwargs))
+    if report:
+        print("\n".join(summary_lines(report)))
+    return report
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="run.py", description="EAS: parameter- and computation-efficient tuning "
                                  "of LaVIN-style multimodal LLMs (Effective Attention Skipping).")
     sub = ap.add_subparsers(dest="command", required=True)
+    from eas.tune import TuneConfig
+    t = sub.add_parser("tune", help="EAS recipe end to end: search, fine-tune, evaluate, merge -> merged.pt")
+    _add_dataclass_args(t, TuneConfig)
     g = sub.add_parser("generate", help="answer a prompt (optionally about an image)")
     g.add_argument("--prompt", default="Question: What is the label for this image?\nResponse:")
     g.add_argument("--image", help="image file (LaVIN models only)")
@@ -97,7 +146,15 @@ def main(argv=None) -> int:
     args = vars(ap.parse_args(argv))
     command = args.pop("command")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
-    {"generate": generate}[command](**args)
+    from eas.checkpoint import CheckpointError
+    from eas.data import DataError
+    from eas.image import ImageError
+    from eas.tokenizer import TokenizerError
+    try:
+        {"generate": generate, "tune": tune}[command](**args)
+    except (CheckpointError, DataError, ImageError, TokenizerError) as e:  # bad input: a message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import LlamaConfig
 from .kv_cache import KVCache
@@ -171,6 +172,9 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # Recompute each block's activations in backward instead of storing them (7B tuning on
+        # one GPU); training path only, the cached inference path never checkpoints.
+        self.grad_checkpointing = False
         self.init_buffers()
 
     def init_buffers(self, device=None):
@@ -209,8 +213,9 @@ class Llama(nn.Module):
         all_keys = key_mask if cache is None else cache.extend_mask(key_mask)
         ctx = Context(self.rope_cos[positions], self.rope_sin[positions], attention_mask(all_keys, T),
                       cache, prompt_mask, route_mask)
+        checkpointing = self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for block in self.layers:
-            h = block(h, ctx)
+            h = checkpoint(block, h, ctx, use_reentrant=False) if checkpointing else block(h, ctx)
         if cache is not None:
             cache.advance(T)
         return self.norm(h)

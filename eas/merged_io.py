@@ -14,7 +14,9 @@ FORMAT = "eas-merged"
 
 
 def save_merged(model, path, tokenizer: str | None = None) -> None:
-    """Write the output of eas.merge.merge() with everything needed to rebuild it."""
+    """Write the output of eas.merge.merge() with everything needed to rebuild it.
+
+    tokenizer: path of the tokenizer.model, absolute or relative to the folder of `path`."""
     info = getattr(model, "merge_info", None)
     if info is None:
         raise ValueError("save_merged wants the output of eas.merge.merge()")
@@ -40,5 +42,7 @@ def load_merged(path, device="cpu"):
     model = build_merged(kinds[ckpt["kind"]](**ckpt["config"]), ckpt["merge"])
     load_state_strict(model, ckpt["state_dict"], str(path), keep_dtype=True)
     getattr(model, "llama", model).init_buffers(torch.device(device))
-    model.tokenizer_ref = ckpt["tokenizer"]
+    ref = ckpt["tokenizer"]
+    # A relative reference names a file next to merged.pt, so a run folder can be moved whole.
+    model.tokenizer_ref = ref if ref is None or os.path.isabs(ref) else os.path.join(os.path.dirname(path), ref)
     return model.eval()

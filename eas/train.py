@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import CheckpointError
@@ -71,11 +72,13 @@ def autocast_context(device) -> contextlib.AbstractContextManager:
 def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, batches: Sequence,
                step: int, schedule: Callable[[int], float] | None = None, *, max_grad_norm: float | None = None,
                scaler: torch.amp.GradScaler | None = None) -> float:
-    """One optimizer step over micro-batches; returns the mean micro-batch loss.
+    """One optimizer step over micro-batches (and over ranks, when distributed); returns the step's loss.
 
-    loss_fn(model, batch) -> scalar loss, mean-reduced within the batch. Each loss is divided by
-    the number of micro-batches, so with equal-size batches the accumulated gradient is that of
-    the concatenated batch. schedule(step) sets the learning rate of every group first.
+    loss_fn(model, batch) -> (summed loss, count), e.g. the summed token cross-entropy and the
+    number of supervised tokens. The step minimises sum(losses) / sum(counts) over every
+    micro-batch of every rank, so the gradient is exactly that of the concatenated global batch,
+    whatever the micro-batch sizes or the number of processes. schedule(step) sets the learning
+    rate of every group first.
     """
     if not batches:
         raise ValueError("train_step needs at least one micro-batch")
@@ -84,16 +87,24 @@ def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optim
     params = [p for g in optimizer.param_groups for p in g["params"]]
     device = params[0].device
     optimizer.zero_grad(set_to_none=True)
-    total = torch.zeros((), device=device, dtype=torch.float64)
+    totals = torch.zeros(2, device=device, dtype=torch.float64)  # summed loss, count
     for batch in batches:
         with autocast_context(device):
-            loss = loss_fn(model, batch)
-        scaled = loss / len(batches)
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        total += loss.detach()
-    mean_loss = total.item() / len(batches)
+            loss_sum, count = loss_fn(model, batch)
+        (scaler.scale(loss_sum) if scaler is not None else loss_sum).backward()
+        totals += torch.stack([loss_sum.detach().double(), torch.as_tensor(count, dtype=torch.float64,
+                                                                            device=device)])
+    if dist.is_available() and dist.is_initialized():
+        _all_reduce_grads(params, totals)
+    loss_total, count_total = totals.tolist()
+    if count_total <= 0:
+        raise ValueError(f"step {step}: the batch has nothing to learn from (count {count_total})")
+    mean_loss = loss_total / count_total
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"non-finite training loss {mean_loss} at step {step}; parameters not updated")
+    for p in params:
+        if p.grad is not None:
+            p.grad /= count_total
     if max_grad_norm is not None:
         if scaler is not None:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -104,6 +115,26 @@ def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optim
     else:
         optimizer.step()
     return mean_loss
+
+
+def _all_reduce_grads(params: list[nn.Parameter], totals: torch.Tensor) -> None:
+    """Sum gradients and (loss, count) over ranks, as DDP would, in two collectives.
+
+    A parameter no rank used (an adapter of a layer the sub-network skips) keeps grad None, so
+    AdamW leaves it alone exactly as in a single process; one used on some ranks only (a visual
+    adapter when a rank's shard holds no image) gets the others' gradient.
+    """
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.float64, device=totals.device)
+    both = torch.cat([totals, used])
+    dist.all_reduce(both)
+    totals.copy_(both[:2])
+    active = [p for p, u in zip(params, both[2:].tolist()) if u > 0]
+    if not active:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in active])
+    dist.all_reduce(flat)
+    for p, g in zip(active, flat.split([p.numel() for p in active])):
+        p.grad = g.view_as(p).to(p.dtype)
 
 
 @dataclass

@@ -63,7 +63,7 @@ def test_param_groups_follow_timm_rules():
 
 def mse(model, batch):
     x, t = batch
-    return ((model(x) - t) ** 2).mean()
+    return ((model(x) - t) ** 2).sum(), t.numel()
 
 
 def test_accumulation_equals_the_concatenated_batch(gen):
@@ -74,7 +74,7 @@ def test_accumulation_equals_the_concatenated_batch(gen):
     # Analytic gradient of mean((x W^T + b - t)^2) over all 8 elements.
     d = 2 * (x @ w0.T + b0 - t) / t.numel()
     lr, results = 0.1, []
-    for batches in ([(x[:2], t[:2]), (x[2:], t[2:])], [(x, t)]):
+    for batches in ([(x[:1], t[:1]), (x[1:], t[1:])], [(x, t)]):  # unequal micro-batches
         model = nn.Linear(3, 2).double()
         model.load_state_dict(start.state_dict())
         opt = torch.optim.SGD(model.parameters(), lr=123.0)  # the schedule must override this
@@ -97,7 +97,7 @@ def test_grad_clipping_and_non_finite_loss(gen):
 
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(FloatingPointError, match="step 7"):
-        train_step(model, lambda m, b: mse(m, b) * float("inf"), torch.optim.SGD(model.parameters(), lr=1.0),
+        train_step(model, lambda m, b: (mse(m, b)[0] * float("inf"), 1), torch.optim.SGD(model.parameters(), lr=1.0),
                    [batch], 7)
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
 

@@ -1,0 +1,33 @@
+"""A LaVIN model from separate LLaMA and CLIP checkpoints (what real users hold).
+
+The decoder and the ViT come from their loaders; the projector and modality embedding are new
+(LaVIN trains them with the adapters), initialised from a fixed seed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import LavinConfig
+from .lavin import Lavin
+from .load_clip import load_vision
+from .load_llama import load_llama
+
+
+def assemble_lavin(llama_dir: str | Path, clip: str | Path, dtype: torch.dtype = torch.float32,
+                   device: str | torch.device = "cpu", seed: int = 0) -> tuple[Lavin, Path | None]:
+    """-> (Lavin, tokenizer.model found next to the LLaMA weights or None)."""
+    llama, tokenizer = load_llama(llama_dir, dtype, device)
+    visual = load_vision(clip, dtype, device)
+    cfg = LavinConfig(llama=llama.cfg, vision=visual.cfg)
+    with torch.device("meta"):
+        model = Lavin(cfg)
+    model.llama, model.visual = llama, visual  # only the LaVIN-specific parts are new
+    with torch.device(device):
+        model.adapter_proj = type(model.adapter_proj)(cfg.vision.width, cfg.projector_hidden, cfg.llama.dim)
+        model.adapter_modality_embedding = torch.nn.Embedding(2, cfg.llama.dim)
+    g = torch.Generator(device=device).manual_seed(seed)
+    model.adapter_proj.reset_parameters(g)
+    torch.nn.init.normal_(model.adapter_modality_embedding.weight, generator=g)
+    return model, tokenizer

@@ -1,0 +1,97 @@
+"""Tuning tasks: each data set as train / val / test example lists, its scorer and decode budget.
+
+Every example record carries `image` (a path or None), `prompt` and `target` (eas/data). The val
+part is what the search reward reads; the test part is never seen by search or tuning.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data import DataError, DataWarning, open_image
+from .data.aid import paper_split, scan_aid, score_aid
+from .data.synthetic_aid import SYNTHETIC_NOTICE, ensure_synthetic_aid
+from .image import preprocess
+
+TASKS = ("aid", "scienceqa", "slake")
+
+
+@dataclass
+class TaskData:
+    name: str
+    train: list
+    val: list
+    test: list
+    score: Callable[[Sequence[str], Sequence], dict]  # -> {"accuracy": percent, ...}
+    max_new_tokens: int
+    synthetic: bool = False
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """How every printed number names the data: synthetic data is always called synthetic."""
+        return f"{self.name} (SYNTHETIC)" if self.synthetic else self.name
+
+
+def load_task(name: str, data_root: str | None, *, cache_dir: str | Path, setting: str = "20", seed: int = 0,
+              image_size: int = 64, synthetic_per_class: int = 100, val_fraction: float = 0.1) -> TaskData:
+    if name == "aid":
+        return _aid(data_root, cache_dir, setting, seed, image_size, synthetic_per_class, val_fraction)
+    if name not in TASKS:
+        raise DataError(f"unknown task {name!r}; choose one of {TASKS}")
+    if data_root is None:
+        raise DataError(f"--task {name} needs --data-root (only AID has a synthetic stand-in)")
+    if name == "scienceqa":
+        from .data.scienceqa import load_scienceqa, score_scienceqa
+        parts = [load_scienceqa(data_root, split) for split in ("train", "val", "test")]
+        # The answer sentence comes first in the QCM->ALE target; 16 tokens reach it.
+        return TaskData(name, *parts, score=score_scienceqa, max_new_tokens=16, source=str(data_root))
+    from .data.slake import load_slake, score_slake
+    parts = [load_slake(data_root, split) for split in ("train", "validate", "test")]
+    return TaskData(name, *parts, score=score_slake, max_new_tokens=10, source=str(data_root))
+
+
+def _aid(data_root, cache_dir, setting, seed, image_size, per_class, val_fraction) -> TaskData:
+    synthetic = data_root is None
+    if synthetic:
+        # The data set itself does not depend on --seed (only the split does), so every run of
+        # a study shares one cache.
+        root = ensure_synthetic_aid(Path(cache_dir), per_class=per_class, size=image_size)
+    else:
+        root = Path(data_root)
+    scan = scan_aid(root)
+    split = paper_split(scan.examples, setting, seed=seed, val_fraction=val_fraction)
+    return TaskData("aid", split.train, split.val, split.test, score=score_aid, max_new_tokens=10,
+                    synthetic=synthetic or scan.synthetic, source=str(root), warnings=list(scan.warnings))
+
+
+def load_pixels(examples: Sequence, image_size: int, skipped: list[str]) -> tuple[list, torch.Tensor | None]:
+    """(examples whose image decodes, pixels [N, 3, S, S] or None when no example has an image).
+
+    Text-only examples get a zero image (the model never runs it through the ViT). An unreadable
+    file drops its example and is recorded in `skipped`, so one bad file does not stop a run.
+    """
+    kept, images = [], []
+    for e in examples:
+        if e.image is None:
+            kept.append(e)
+            images.append(None)
+            continue
+        try:
+            images.append(preprocess(open_image(e.image), image_size))
+        except DataError as err:
+            if str(err) not in skipped:
+                skipped.append(str(err))
+            continue
+        kept.append(e)
+    if all(x is None for x in images):
+        return kept, None
+    zeros = torch.zeros(3, image_size, image_size)
+    return kept, torch.stack([zeros if x is None else x for x in images]) if images else None
+
+
+__all__ = ["TASKS", "TaskData", "load_task", "load_pixels", "DataError", "DataWarning", "SYNTHETIC_NOTICE"]

@@ -1,0 +1,192 @@
+"""End-to-end tuning (`run.py tune`) on a small random base and a small synthetic AID set."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eas.checkpoint import save_model
+from eas.config import LavinConfig
+from eas.lavin import Lavin
+from eas.merged_io import load_merged
+from eas.tokenizer import Tokenizer
+from eas.train import load_checkpoint
+from eas.tune import TuneConfig, tune
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = ROOT / "weights" / "tiny" / "tokenizer.model"
+SMALL = dict(synthetic_per_class=4, setting="50", batch_size=8, val_batch=8, warmup_epochs=1, search_epochs=2,
+             finetune_epochs=2, nas_every=1, eval_batch_size=32, skip=1)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A random LaVIN model of the `test` size, saved in the own format next to the tiny tokenizer."""
+    tok = Tokenizer(TOKENIZER)
+    cfg = LavinConfig.named("test")
+    cfg = dataclasses.replace(cfg, llama=dataclasses.replace(cfg.llama, vocab_size=tok.vocab_size))
+    out = tmp_path_factory.mktemp("base")
+    save_model(Lavin(cfg).init_weights(torch.Generator().manual_seed(0)), out, tokenizer=TOKENIZER)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def cli(base, cache, out, *extra, **settings) -> list[str]:
+    args = [sys.executable, str(ROOT / "run.py"), "tune", "--base", str(base), "--cache-dir", str(cache),
+            "--out", str(out)]
+    for k, v in {**SMALL, **settings}.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args + list(extra)
+
+
+def env1() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_tiny_end_to_end_tune(base, cache, tmp_path):
+    report = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "run"), **SMALL))
+    out = tmp_path / "run"
+    assert report["synthetic"] and report["task"] == "aid"
+    assert len(report["skip_layers"]) == 1 and report["searched"]
+    assert report["split"] == {"train": 30, "val": 30, "test": 60}  # 2 train images per class, 1 held out for val
+    assert len(report["trajectories"]) == 1 + 6  # initial + an update per bandit-epoch step (3 steps/epoch)
+    assert report["kv_cache_share"] == 0.75
+    for name in ("report.json", "report.md", "preferences.png", "merged.pt", "adapters.pt", "log.jsonl"):
+        assert (out / name).is_file(), name
+    assert "SYNTHETIC" in (out / "report.md").read_text()
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 60
+    # The dynamic merge is exact, so greedy decoding gives the very same answers as the adapters.
+    assert [r["dynamic"] for r in rows] == [r["unmerged"] for r in rows]
+    # merged.pt is a plain model: no attention in the skipped layer, and it reproduces the static answers.
+    merged = load_merged(out / "merged.pt")
+    skipped = report["skip_layers"][0]
+    assert merged.llama.layers[skipped].attention is None
+    assert not any("adapter_attn" in k or "adapter_skip" in k for k in merged.state_dict())
+    tok = Tokenizer(merged.tokenizer_ref)
+    from eas.tasks import load_pixels
+    from eas.data.aid import scan_aid, paper_split
+    split = paper_split(scan_aid(report["data"]).examples, "50", seed=0)
+    examples, pixels = load_pixels(split.test[:8], merged.cfg.vision.image_size, [])
+    batch = merged.build_batch(tok, [(e.prompt, None, True) for e in examples])
+    answers = [tok.decode(t) for t in merged.generate(batch, pixels, 10, eos_id=tok.eos_id)]
+    assert answers == [r["static"] for r in rows[:8]]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log].count("search") == 9 and [r["stage"] for r in log].count("finetune") == 6
+
+
+def test_skip_zero_is_the_adapter_baseline(base, cache, tmp_path):
+    report = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"),
+                             **{**SMALL, "skip": 0, "max_test": 10}))
+    assert report["skip_layers"] == [] and not report["searched"] and report["kv_cache_share"] == 1.0
+    assert report["router_constants"]  # PIA-A routers were calibrated and folded in
+
+
+def test_resume_after_kill_is_exact(base, cache, tmp_path):
+    settings = dict(search_epochs=6, finetune_epochs=1, max_test=4, save_every=1)
+    ref = tmp_path / "ref"
+    subprocess.run(cli(base, cache, ref, **settings), check=True, env=env1(), capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cli(base, cache, run, **settings), env=env1(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = run / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and sum(1 for line in log.read_text().splitlines() if '"search"' in line) >= 8:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "report.json").exists()
+    saved = load_checkpoint(run / "state.pt")
+    assert saved["stage"] == "search" and 0 < saved["step"]
+    done = subprocess.run(cli(base, cache, run, "--resume", **settings), env=env1(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed" in done.stdout
+
+    a, b = (json.loads((d / "report.json").read_text()) for d in (ref, run))
+    assert a["preferences"] == b["preferences"] and a["skip_layers"] == b["skip_layers"]
+    assert a["trajectories"] == b["trajectories"]
+    wa, wb = (load_checkpoint(d / "adapters.pt")["adapters"] for d in (ref, run))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # The log holds each step once, as if nothing had happened.
+    steps = [(r["stage"], r["step"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+             if "stage" in r]
+    assert len(steps) == len(set(steps))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_two_gloo_processes_agree_with_one(base, cache, tmp_path):
+    settings = dict(search_epochs=4, finetune_epochs=1, max_test=4, dropout=0.0, skip=2)
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(cli(base, cache, one, **settings), check=True, env=env1(), capture_output=True)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(launcher + cli(base, cache, two, **settings)[1:], env=env1(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (json.loads((d / "report.json").read_text()) for d in (one, two))
+    assert b["world_size"] == 2
+    assert a["skip_layers"] == b["skip_layers"]
+    assert torch.allclose(torch.tensor(a["trajectories"]), torch.tensor(b["trajectories"]), atol=1e-5)
+    la, lb = ([r for r in map(json.loads, (d / "log.jsonl").read_text().splitlines()) if r.get("stage")]
+              for d in (one, two))
+    assert [r.get("skip") for r in la] == [r.get("skip") for r in lb]  # rank 0's draws, broadcast
+    assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], abs=1e-4)
+
+
+def test_bad_input_is_named(base, cache, tmp_path):
+    def fails(*extra, **settings):
+        done = subprocess.run(cli(base, cache, tmp_path / "bad", *extra, **settings), env=env1(),
+                              capture_output=True, text=True)
+        assert done.returncode != 0
+        assert "Traceback" not in done.stderr, done.stderr[-2000:]
+        return done.stderr
+
+    assert "does-not-exist" in fails("--data-root", str(tmp_path / "does-not-exist"))
+    (tmp_path / "empty").mkdir()
+    assert "empty" in fails("--data-root", str(tmp_path / "empty"))
+    wrong = tmp_path / "wrongbase"
+    wrong.mkdir()
+    for f in base.iterdir():
+        (wrong / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((wrong / "config.json").read_text())
+    cfg["llama"]["dim"] = 96
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    err = subprocess.run(cli(wrong, cache, tmp_path / "bad2"), env=env1(), capture_output=True, text=True).stderr
+    assert "Traceback" not in err and "wrongbase" in err and "attention_norm.weight: checkpoint (64,) vs model (96,)" in err
+    assert "--skip 9" in fails(skip=9)
+    assert "--merge" in fails(merge="fused")
+
+
+def test_corrupt_image_is_counted_not_fatal(base, cache, tmp_path):
+    from eas.data.synthetic_aid import write_synthetic_aid
+    root = write_synthetic_aid(tmp_path / "aid", per_class=4, size=32)
+    (root / "Airport" / "airport_1.jpg").write_bytes(b"not a jpeg")
+    report = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"), data_root=str(root),
+                             **{**SMALL, "skip": 0, "finetune_epochs": 1}))
+    assert len(report["skipped_files"]) == 1 and "airport_1.jpg" in report["skipped_files"][0]
+
+
+def test_existing_run_needs_resume_and_same_settings(base, cache, tmp_path):
+    out = tmp_path / "r"
+    tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(out), **{**SMALL, "skip": 0, "max_test": 4,
+                                                                           "finetune_epochs": 1}))
+    with pytest.raises(SystemExit, match="--resume"):
+        tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(out), **{**SMALL, "skip": 0}))
+    with pytest.raises(SystemExit, match="lr=0.004 .now 0.1"):
+        tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(out), resume=True,
+                        **{**SMALL, "skip": 0, "max_test": 4, "finetune_epochs": 1, "lr": 0.1}))
