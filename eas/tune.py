@@ -18,6 +18,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -112,6 +114,10 @@ class Tuner:
         self.skipped_files: list[str] = []
         self.timings: dict[str, float] = {}
         self._last_save = time.monotonic()
+        self._stop: str | None = None
+        self._handlers = {}
+        if self.lead and threading.current_thread() is threading.main_thread():
+            self._handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.model, self.tok, self.tok_path = _load_base(cfg, self.device)
         llama = self.model.llama
         self.n_units = llama.cfg.n_layers
@@ -143,6 +149,13 @@ class Tuner:
         torch.manual_seed(cfg.seed + 1000 * self.rank)  # per-rank dropout streams
 
     # ----------------------------------------------------------------------------------- set-up
+    def _on_signal(self, signum, frame):
+        if self._stop is not None:  # a second Ctrl-C: stop now, losing only the unsaved steps
+            raise KeyboardInterrupt
+        self._stop = signal.Signals(signum).name
+        print(f"\n{self._stop}: finishing the current step, then saving (press Ctrl-C again to stop at once)",
+              flush=True)
+
     def _skip_count(self) -> int:
         cfg, n = self.cfg, self.n_units
         if cfg.skip_set is not None:
@@ -178,11 +191,20 @@ class Tuner:
         if self.lead:
             self._announce()
         self.optimizer = None
+        try:
+            return self._run_stages(stage, step, saved)
+        finally:
+            for sig, handler in self._handlers.items():
+                signal.signal(sig, handler)
+
+    def _run_stages(self, stage: str, step: int, saved: dict | None) -> dict:
         if stage == "search":
             self._stage_search(step, saved)
             stage, step, saved = "finetune", 0, None
         if stage == "finetune":
             self._stage_finetune(step, saved)
+        for sig, handler in self._handlers.items():  # evaluation is short: Ctrl-C simply stops it
+            signal.signal(sig, handler)
         report = {}
         if self.lead:
             report = self._stage_evaluate()
@@ -382,17 +404,22 @@ class Tuner:
                 f.write(json.dumps(record) + "\n")
 
     def _maybe_save(self, stage: str, step: int, t0: float, final: bool):
+        """Checkpoint when due; after Ctrl-C or SIGTERM, checkpoint the finished step and stop."""
         c = self.cfg
         due = final or (c.save_every and step % c.save_every == 0) or \
             time.monotonic() - self._last_save > 60 * c.save_minutes
-        if self.world > 1:  # rank 0's clock decides, so every rank joins the same collectives
-            flag = torch.tensor([float(due)], device=self.device if dist.get_backend() == "nccl" else "cpu")
-            dist.broadcast(flag, 0)
-            due = bool(flag.item())
-        if due:
+        flags = torch.tensor([float(due), float(self._stop is not None)])
+        if self.world > 1:  # rank 0 decides, so every rank joins the same collectives
+            flags = flags.to(self.device if dist.get_backend() == "nccl" else "cpu")
+            dist.broadcast(flags, 0)
+        due, stop = (bool(x) for x in flags.tolist())
+        if due or stop:
             if final and stage == "search":
                 stage, step = "finetune", 0
             self._save(stage, step, 0.0 if final else time.monotonic() - t0)
+        if stop:
+            raise SystemExit(f"interrupted ({self._stop or 'signal on rank 0'}): {stage} step {step} is saved in "
+                             f"{self.state_path}; continue with the same command plus --resume")
 
     def _save(self, stage: str, step: int, stage_time: float, collective: bool = True):
         """Checkpoint; collective=False when rank 0 saves alone (after training, while the others wait)."""

@@ -94,26 +94,40 @@ def test_skip_zero_is_the_adapter_baseline(base, cache, tmp_path):
     assert report["router_constants"]  # PIA-A routers were calibrated and folded in
 
 
-def test_resume_after_kill_is_exact(base, cache, tmp_path):
-    settings = dict(search_epochs=6, finetune_epochs=1, max_test=4, save_every=1)
+def _search_lines(log: Path) -> int:
+    return sum('"search"' in line for line in log.read_text().splitlines()) if log.is_file() else 0
+
+
+def _start_and_wait(args, log: Path, lines: int) -> subprocess.Popen:
+    proc = subprocess.Popen(args, env=env1(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and _search_lines(log) < lines:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    return proc
+
+
+def test_interrupt_and_kill_then_resume_is_exact(base, cache, tmp_path):
+    settings = dict(search_epochs=6, finetune_epochs=1, max_test=4, save_every=3)
     ref = tmp_path / "ref"
     subprocess.run(cli(base, cache, ref, **settings), check=True, env=env1(), capture_output=True)
 
-    run = tmp_path / "killed"
-    proc = subprocess.Popen(cli(base, cache, run, **settings), env=env1(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    run = tmp_path / "run"
     log = run / "log.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.is_file() and sum(1 for line in log.read_text().splitlines() if '"search"' in line) >= 8:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    # Ctrl-C: the step under way finishes, is checkpointed, and the run stops with a clear message.
+    proc = _start_and_wait(cli(base, cache, run, **settings), log, 4)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "--resume" in err and "Traceback" not in err
+    saved = load_checkpoint(run / "state.pt")
+    assert saved["stage"] == "search" and saved["step"] == _search_lines(log) >= 4
+
+    # kill -9 after resuming: only the steps since the last periodic checkpoint are redone.
+    proc = _start_and_wait(cli(base, cache, run, "--resume", **settings), log, saved["step"] + 5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "report.json").exists()
-    saved = load_checkpoint(run / "state.pt")
-    assert saved["stage"] == "search" and 0 < saved["step"]
+    assert load_checkpoint(run / "state.pt")["step"] > saved["step"]
     done = subprocess.run(cli(base, cache, run, "--resume", **settings), env=env1(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed" in done.stdout
@@ -124,9 +138,8 @@ def test_resume_after_kill_is_exact(base, cache, tmp_path):
     wa, wb = (load_checkpoint(d / "adapters.pt")["adapters"] for d in (ref, run))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # The log holds each step once, as if nothing had happened.
-    steps = [(r["stage"], r["step"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
-             if "stage" in r]
-    assert len(steps) == len(set(steps))
+    steps = [(r["stage"], r["step"]) for r in map(json.loads, log.read_text().splitlines()) if "stage" in r]
+    assert len(steps) == len(set(steps)) == (1 + 6) * 3 + 3  # (warm-up + search epochs) x 3 steps + fine-tune
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
