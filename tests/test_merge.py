@@ -131,7 +131,7 @@ def test_merge_twice_is_merge_once_and_roundtrips(gen, tmp_path):
     loaded = load_merged(tmp_path / "merged.pt")
     emb, pos, vis = prompt_batch(model, [6, 3], gen)
     assert torch.equal(greedy(loaded, emb, pos, vis, 4)[0], greedy(once, emb, pos, vis, 4)[0])
-    assert loaded.cfg.skip_layers == SKIP and loaded.tokenizer_ref == "tokenizer.model"
+    assert loaded.cfg.skip_layers == SKIP and loaded.tokenizer_ref == str(tmp_path / "tokenizer.model")
 
 
 def test_merge_refuses_the_wrong_routing(gen):
