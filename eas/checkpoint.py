@@ -59,6 +59,8 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
     Missing keys, unexpected keys and shape mismatches raise CheckpointError naming them and
     ``source``. Floating tensors are cast to ``dtype`` (or the module's dtype) one at a time, so
     peak memory stays near one model; ``keep_dtype`` keeps the checkpoint's own dtypes instead.
+    Tensors are detached first: a Parameter of another model is never adopted (or re-flagged as
+    trainable), only its storage may be shared.
     """
     check_state(module, {k: t.shape for k, t in state.items()}, source)
     expected = module.state_dict(keep_vars=True)
@@ -66,7 +68,7 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
     for k, t in state.items():
         if not keep_dtype and t.is_floating_point() and expected[k].is_floating_point():
             t = t.to(dtype or expected[k].dtype)
-        cast[k] = t
+        cast[k] = t.detach()
     module.load_state_dict(cast, strict=True, assign=True)
     return module
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from eas.config import LlamaConfig
-from eas.eas_model import EASConfig, add_adapters, set_skipped
+from eas.eas_model import EASConfig, add_adapters, mark_trainable, set_skipped
 from eas.llama import Llama
 from eas.calibrate import calibrate_routes, clear_routes
 from eas.merge import merge
@@ -132,6 +132,16 @@ def test_merge_twice_is_merge_once_and_roundtrips(gen, tmp_path):
     emb, pos, vis = prompt_batch(model, [6, 3], gen)
     assert torch.equal(greedy(loaded, emb, pos, vis, 4)[0], greedy(once, emb, pos, vis, 4)[0])
     assert loaded.cfg.skip_layers == SKIP and loaded.tokenizer_ref == str(tmp_path / "tokenizer.model")
+
+
+def test_merge_leaves_the_source_model_alone(gen):
+    """The merged copy must not adopt the source's Parameters nor flip their requires_grad
+    (that once made a tuning run save the whole frozen base as 'adapters')."""
+    model = mark_trainable(eas_model(gen))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    merged = merge(model, "dynamic")
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    assert not {id(p) for p in merged.parameters()} & {id(p) for p in model.parameters()}
 
 
 def test_merge_refuses_the_wrong_routing(gen):
