@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .llama import Llama
@@ -74,4 +75,20 @@ def mark_trainable(model: nn.Module) -> nn.Module:
     """Freeze everything except parameters whose name contains 'adapter' (LaVIN's convention)."""
     for name, p in model.named_parameters():
         p.requires_grad_("adapter" in name)
+    return model
+
+
+@torch.no_grad()
+def freeze_routers(model: nn.Module) -> nn.Module:
+    """Zero and freeze every adapter's router, so it routes (1/2, 1/2) for every input.
+
+    For a model that will be deployed `static`-merged: the static merge replaces routing by its
+    mean, which is exact only if routing never varied. A trained router does vary (on synthetic AID
+    the per-example weight spread reached 0.3 and the mean-route model lost 6-9 points), so a
+    static deployment tunes with the constant route it will be merged with."""
+    for pia in model.modules():
+        if isinstance(pia, PIA):
+            pia.router.weight.zero_()
+            pia.router.bias.zero_()
+            pia.router.requires_grad_(False)
     return model

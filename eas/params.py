@@ -16,14 +16,16 @@ def _unused_adapter_params(model: nn.Module) -> set[int]:
 
 
 def trainable_report(model: nn.Module) -> dict:
-    """Counts by name: 'adapter' parameters are trainable (LaVIN's rule), the rest is the frozen base.
+    """Counts by name: 'adapter' parameters are trainable (LaVIN's rule; minus any frozen on purpose,
+    e.g. eas.eas_model.freeze_routers), the rest is the frozen base.
 
     share_of_llm divides by the LLaMA decoder's parameters, the denominator that reproduces the
     paper's percentages; share_of_model divides by every frozen parameter (LLaMA + ViT).
     Works on meta-device models: only shapes are read.
     """
     unused = _unused_adapter_params(model)
-    trainable = sum(p.numel() for n, p in model.named_parameters() if "adapter" in n and id(p) not in unused)
+    trainable = sum(p.numel() for n, p in model.named_parameters()
+                    if "adapter" in n and p.requires_grad and id(p) not in unused)
     frozen = sum(p.numel() for n, p in model.named_parameters() if "adapter" not in n)
     llama = getattr(model, "llama", model)
     llm = sum(p.numel() for n, p in llama.named_parameters() if "adapter" not in n)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .calibrate import calibrate_routes, clear_routes
 from .checkpoint import CheckpointError
-from .eas_model import EASConfig, add_adapters, mark_trainable, set_skipped
+from .eas_model import EASConfig, add_adapters, freeze_routers, mark_trainable, set_skipped
 from .lavin import IGNORE_INDEX
 from .merge import MODES, merge
 from .merged_io import save_merged
@@ -64,7 +64,7 @@ class TuneConfig:
     unit: str = "attention"
     warmup_epochs: float = 3.0          # super-net on random sub-networks
     search_epochs: float = 3.0          # bandit updates every nas_every steps
-    finetune_epochs: float = 8.0
+    finetune_epochs: float = 20.0
     nas_every: int = 2
     candidates: int = 3                 # M sub-networks scored per update
     beta: float = 10.0
@@ -80,7 +80,7 @@ class TuneConfig:
     dropout: float = 0.1
     warm_start: bool = False
     grad_checkpointing: bool = False
-    merge: str = "static"               # the form written to merged.pt
+    merge: str = "static"               # the form written to merged.pt; static also tunes with fixed routers
     eval_batch_size: int = 64
     max_test: int | None = None
     synthetic_per_class: int = 100
@@ -132,6 +132,8 @@ class Tuner:
         torch.manual_seed(cfg.seed)  # identical fresh adapters on every rank
         add_adapters(self.model, EASConfig(adapter_dim=cfg.adapter_dim, skip_dim=cfg.skip_dim, dropout=cfg.dropout))
         mark_trainable(self.model)
+        if cfg.merge == "static":
+            freeze_routers(self.model)  # the static merge is then exact for the tuned model
         for p in self.model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()  # adapters train in fp32 next to a bf16 base

@@ -70,6 +70,11 @@ def test_tiny_end_to_end_tune(base, cache, tmp_path):
     assert len(rows) == 60
     # The dynamic merge is exact, so greedy decoding gives the very same answers as the adapters.
     assert [r["dynamic"] for r in rows] == [r["unmerged"] for r in rows]
+    # merged.pt is static (default), so tuning fixed every router at (1/2, 1/2) and the static merge is exact too.
+    assert [r["static"] for r in rows] == [r["unmerged"] for r in rows]
+    assert {tuple(c) for c in report["router_constants"]} == {(0.5, 0.5)}
+    adapters = load_checkpoint(out / "adapters.pt")["adapters"]
+    assert all("adapter" in k and ".router." not in k for k in adapters), "only trained adapter weights"
     # merged.pt is a plain model: no attention in the skipped layer, and it reproduces the static answers.
     merged = load_merged(out / "merged.pt")
     skipped = report["skip_layers"][0]
@@ -89,9 +94,12 @@ def test_tiny_end_to_end_tune(base, cache, tmp_path):
 
 def test_skip_zero_is_the_adapter_baseline(base, cache, tmp_path):
     report = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"),
-                             **{**SMALL, "skip": 0, "max_test": 10}))
+                             **{**SMALL, "skip": 0, "max_test": 10, "merge": "dynamic"}))
     assert report["skip_layers"] == [] and not report["searched"] and report["kv_cache_share"] == 1.0
-    assert report["router_constants"]  # PIA-A routers were calibrated and folded in
+    # --merge dynamic trains the routers: they route per example, so their means are no longer 1/2.
+    assert report["router_constants"] and all(abs(c[0] - 0.5) > 1e-4 for c in report["router_constants"])
+    adapters = load_checkpoint(Path(report["merged"]["path"]).parent / "adapters.pt")["adapters"]
+    assert any(".router." in k for k in adapters)
 
 
 def _search_lines(log: Path) -> int:
