@@ -126,7 +126,7 @@ def _merge_layer(block, mode: str) -> dict[str, torch.Tensor]:
 def _ffn_biases(ffn) -> dict[str, torch.Tensor]:
     """Merged configs give W1/W3 biases to every layer; a base FFN has none (zeros)."""
     return {f"feed_forward.{n}.bias": getattr(ffn, n).bias.float() if getattr(ffn, n).bias is not None
-            else torch.zeros(getattr(ffn, n).out_features) for n in ("w1", "w3")}
+            else ffn.w2.weight.new_zeros(getattr(ffn, n).out_features, dtype=torch.float32) for n in ("w1", "w3")}
 
 
 def _merge_skipped(block, mode: str) -> dict[str, torch.Tensor]:
@@ -158,7 +158,8 @@ def _merge_kept(block, mode: str) -> dict[str, torch.Tensor]:
              **_ffn_biases(ffn)}
     lins = {"wq": att.wq, "wk": att.wk, "wv": att.wv}
     weights = [lin.weight.float() for lin in lins.values()]
-    biases = [lin.bias.float() if lin.bias is not None else torch.zeros(lin.out_features) for lin in lins.values()]
+    biases = [lin.bias.float() if lin.bias is not None else lin.weight.new_zeros(lin.out_features, dtype=torch.float32)
+              for lin in lins.values()]
     if mode == "static":
         merged = _targets_static(pia, weights, half=False)
         weights = [wm for wm, _, _ in merged]

@@ -8,8 +8,32 @@ from eas.config import LlamaConfig
 from eas.llama import Llama
 
 
-def naive_logits(model: Llama, tokens: torch.Tensor) -> torch.Tensor:
-    """Straight-line LLaMA: complex-number RoPE, explicit softmax, repeated KV heads, no cache."""
+def naive_pia(pia, xn: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """PIA from its raw tensors, as eas_method.md §1.2/1.4 write it: τ = 10 and the ½ mix are the
+    spec's constants (not read from the module), pooling is done after the down projection, and
+    the grouped up projections are applied group by group."""
+    w_prompt = prompt[..., None].float() / prompt.sum(1)[:, None, None]
+    route = torch.softmax(((xn * w_prompt).sum(1) @ pia.router.weight.T + pia.router.bias) / 10.0, -1)
+    h = xn @ pia.down.weight.T + pia.down.bias
+    if pia.down_pool is not None:
+        pooled = ((xn @ pia.down_pool.weight.T + pia.down_pool.bias) * w_prompt).sum(1)
+        h = 0.5 * (h + pooled[:, None])
+
+    def grouped(up):
+        C, r = up.weight.shape[0], h.shape[-1]
+        halves = [h[..., g * r // 2:(g + 1) * r // 2] @ up.weight[g * C // 2:(g + 1) * C // 2].T for g in (0, 1)]
+        return torch.cat(halves, -1) + up.bias
+
+    w = route[:, None]
+    return xn + pia.scale * (w[..., :1] * grouped(pia.up_b) + w[..., 1:] * grouped(pia.up_d))
+
+
+def naive_logits(model: Llama, tokens: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """Straight-line LLaMA: complex-number RoPE, explicit softmax, repeated KV heads, no cache.
+
+    With EAS adapters attached: PIA-A before the attention of kept layers and
+    x + FFN(γ_ffn ⊙ PIA-S(RMSNorm_att(x))) in skipped ones, pooling over ``prompt`` [B, T].
+    """
     cfg = model.cfg
     B, T = tokens.shape
     hd = cfg.head_dim
@@ -25,10 +49,20 @@ def naive_logits(model: Llama, tokens: torch.Tensor) -> torch.Tensor:
 
     x = model.tok_embeddings.weight[tokens]
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    prompt = torch.ones(B, T, dtype=torch.bool) if prompt is None else prompt
     for blk in model.layers:
+        skipped = blk.layer in getattr(getattr(model, "eas", None), "skip_layers", ())
+        if skipped:
+            z = naive_pia(blk.adapter_skip, norm(x, blk.attention_norm.weight), prompt)
+            f = blk.feed_forward
+            h = z * blk.ffn_norm.weight
+            x = x + (torch.nn.functional.silu(h @ f.w1.weight.T) * (h @ f.w3.weight.T)) @ f.w2.weight.T
+            continue
         if blk.attention is not None:
             a = blk.attention
             xn = norm(x, blk.attention_norm.weight)
+            if blk.adapter_attn is not None:
+                xn = naive_pia(blk.adapter_attn, xn, prompt)
             q = rope((xn @ a.wq.weight.T).view(B, T, cfg.n_heads, hd))
             k = rope((xn @ a.wk.weight.T).view(B, T, cfg.n_kv_heads, hd))
             v = (xn @ a.wv.weight.T).view(B, T, cfg.n_kv_heads, hd)

@@ -9,6 +9,7 @@ from eas.calibrate import calibrate_routes, clear_routes
 from eas.merge import merge
 from eas.merged_io import load_merged, save_merged
 from eas.pia import PIA
+from test_pia import random_gains
 
 SKIP = (1, 2)
 
@@ -18,7 +19,7 @@ def rel_err(a, b):
 
 
 def base_model(gen, **kw):
-    return Llama(LlamaConfig.named("test", **kw)).init_weights(gen).eval()
+    return random_gains(Llama(LlamaConfig.named("test", **kw)).init_weights(gen), gen).eval()
 
 
 def trained_like(model, gen):
