@@ -23,6 +23,8 @@ class LlamaConfig:
     max_seq_len: int = 2048
     # Layers whose attention block is physically absent (EAS-skipped and merged, or deleted).
     skip_layers: tuple[int, ...] = ()
+    # Layers whose FFN block is physically absent (the `ffn` and `layer` search units).
+    skip_ffn_layers: tuple[int, ...] = ()
     # Biases exist only after a merge folds adapters into these projections.
     qkv_bias: bool = False
     ffn_bias: bool = False
@@ -36,13 +38,15 @@ class LlamaConfig:
                 hidden = int(self.ffn_dim_multiplier * hidden)
             self.hidden_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)
         self.skip_layers = tuple(sorted(set(int(i) for i in self.skip_layers)))
+        self.skip_ffn_layers = tuple(sorted(set(int(i) for i in self.skip_ffn_layers)))
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        bad = [i for i in self.skip_layers if not 0 <= i < self.n_layers]
-        if bad:
-            raise ValueError(f"skip_layers {bad} outside 0..{self.n_layers - 1}")
+        for name in ("skip_layers", "skip_ffn_layers"):
+            bad = [i for i in getattr(self, name) if not 0 <= i < self.n_layers]
+            if bad:
+                raise ValueError(f"{name} {bad} outside 0..{self.n_layers - 1}")
 
     @property
     def head_dim(self) -> int:

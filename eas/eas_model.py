@@ -1,8 +1,15 @@
 """Turn a base LLaMA into an EAS super-network: PIA-A and PIA-S in every layer, skip set switchable.
 
 Both adapters exist in every layer (as in the authors' code), so the search can flip any layer
-between kept and skipped at run time; the final model is built with the skipped attentions
-physically absent by eas/merge.py.
+between kept and skipped at run time; the final model is built with the skipped units physically
+absent by eas/merge.py.
+
+What a skipped unit is (``EASConfig.unit``; the paper's Table 5 ablation and DAS):
+  attention: PIA-S replaces the MHA and feeds the FFN, x + FFN(γ_ffn ⊙ PIA-S(RMSNorm_att(x)));
+  ffn:       the FFN is replaced by PIA-S's Δ on its input norm, h + Δ(RMSNorm_ffn(h));
+  layer:     the whole layer is replaced by PIA-S's Δ, x + Δ(RMSNorm_att(x)), as DAS does.
+Only `attention` merges into the remaining weights; a skipped FFN or layer has no linear
+neighbour to fold into, so its rank-r Δ stays at inference (the latency EAS avoids).
 """
 from __future__ import annotations
 
@@ -14,6 +21,8 @@ from torch import nn
 from .llama import Llama
 from .pia import PIA
 
+UNITS = ("attention", "ffn", "layer")
+
 
 @dataclass
 class EASConfig:
@@ -24,9 +33,12 @@ class EASConfig:
     scale: float = 1.0
     dropout: float = 0.1
     skip_layers: tuple[int, ...] = ()
+    unit: str = "attention"
 
     def __post_init__(self):
         self.skip_layers = tuple(sorted(set(int(i) for i in self.skip_layers)))
+        if self.unit not in UNITS:
+            raise ValueError(f"unknown skip unit {self.unit!r}; choose one of {UNITS}")
 
 
 def _pia(dim: int, hidden: int, pooled: bool, cfg: EASConfig) -> PIA:
@@ -61,13 +73,15 @@ def add_llama_adapters(llama: Llama, cfg: EASConfig) -> Llama:
 
 
 def set_skipped(llama: Llama, layers) -> None:
-    """Switch which layers run PIA-S instead of attention (the search calls this every step)."""
+    """Switch which layers' unit (llama.eas.unit) PIA-S replaces (the search calls this every step)."""
     layers = set(int(i) for i in layers)
     bad = sorted(i for i in layers if not 0 <= i < llama.cfg.n_layers)
     if bad:
         raise ValueError(f"skip layers {bad} outside 0..{llama.cfg.n_layers - 1}")
+    unit = llama.eas.unit
     for block in llama.layers:
-        block.skipped = block.layer in layers
+        block.skipped = unit != "ffn" and block.layer in layers
+        block.ffn_skipped = unit != "attention" and block.layer in layers
     llama.eas.skip_layers = tuple(sorted(layers))
 
 

@@ -24,8 +24,8 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
         # Per-example adapter state (router weights, pooled features, bias vectors) frozen at
-        # prefill, keyed by layer.
-        self.frozen: dict[int, object] = {}
+        # prefill, keyed by the adapter module that computed it.
+        self.frozen: dict[object, object] = {}
 
     @property
     def nbytes(self) -> int:

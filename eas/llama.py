@@ -18,19 +18,20 @@ from .config import LlamaConfig
 from .kv_cache import KVCache
 
 
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) computed in fp32, without a gain."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """x / rms(x) computed in fp32, without the gain."""
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normalize(x) * self.weight
+        return rms_normalize(x, self.eps) * self.weight
 
 
 def rope_tables(head_dim: int, n_positions: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,56 +113,69 @@ class Context:
     pool_mask: torch.Tensor   # prompt positions that adapters pool over
     route_mask: torch.Tensor  # prompt positions the routers read (pool_mask minus invisible tokens)
 
-    def state(self, layer: int, module, xn: torch.Tensor):
+    def state(self, module, xn: torch.Tensor):
         """Per-example adapter state: recomputed without a cache, frozen at prefill with one."""
         if self.cache is None:
             return module.context(xn, self.pool_mask, self.route_mask)
-        if layer not in self.cache.frozen:
-            self.cache.frozen[layer] = module.context(xn, self.pool_mask, self.route_mask)
-        return self.cache.frozen[layer]
+        if module not in self.cache.frozen:
+            self.cache.frozen[module] = module.context(xn, self.pool_mask, self.route_mask)
+        return self.cache.frozen[module]
 
 
 class Block(nn.Module):
-    """Pre-norm LLaMA block. A skipped block has no attention: out = x + FFN(...).
+    """Pre-norm LLaMA block. ``skipped``: no attention; ``ffn_skipped``: no FFN (both: the layer).
 
-    The four optional modules are EAS extension points (eas/eas_model.py, eas/merge.py), each
-    with ``context(xn, pool_mask, route_mask) -> state`` and ``forward(xn, state)``:
-    adapter_attn (PIA-A, before attention), adapter_skip (PIA-S, replaces attention),
-    attn_delta / ffn_delta (merged form: per-example correction of [q|k|v] / [w1 x|w3 x]).
+    The optional modules are EAS extension points (eas/eas_model.py, eas/merge.py), each with
+    ``context(xn, pool_mask, route_mask) -> state`` and ``forward(xn, state)``:
+    adapter_attn (PIA-A, before attention), adapter_skip (PIA-S: replaces attention and feeds the
+    FFN, or replaces a skipped FFN/layer by its Δ), attn_delta / ffn_delta (merged form: per-example
+    correction of [q|k|v] / [w1 x|w3 x]), residual_adapter (merged form of a skipped FFN/layer:
+    PIA-S's Δ on the gain-free normalised input, the norm's gain folded into it).
     """
 
     def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
         self.layer = layer
         self.skipped = layer in cfg.skip_layers
+        self.ffn_skipped = layer in cfg.skip_ffn_layers
+        self.eps = cfg.norm_eps
         self.attention_norm = None if self.skipped else RMSNorm(cfg.dim, cfg.norm_eps)
         self.attention = None if self.skipped else Attention(cfg)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.feed_forward = FeedForward(cfg)
-        self.adapter_attn = self.adapter_skip = self.attn_delta = self.ffn_delta = None
+        self.ffn_norm = None if self.ffn_skipped else RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = None if self.ffn_skipped else FeedForward(cfg)
+        self.adapter_attn = self.adapter_skip = self.attn_delta = self.ffn_delta = self.residual_adapter = None
 
     def _delta(self, module, xn, ctx: Context):
-        return None if module is None else module(xn, ctx.state(self.layer, module, xn))
+        return None if module is None else module(xn, ctx.state(module, xn))
 
     def forward(self, x, ctx: Context):
-        if self.skipped:
-            if self.adapter_skip is not None:
-                xn = self.attention_norm(x)
-                z = self.adapter_skip(xn, ctx.state(self.layer, self.adapter_skip, xn))
-                return x + self.feed_forward(self.ffn_norm.weight * z)
-            xn = self.ffn_norm(x)
-            return x + self.feed_forward(xn, self._delta(self.ffn_delta, xn, ctx))
+        if self.skipped and not self.ffn_skipped and self.adapter_skip is not None:
+            xn = self.attention_norm(x)  # eas_method.md §1.4: x + FFN(γ_ffn ⊙ PIA-S(RMSNorm_att(x)))
+            z = xn + self.adapter_skip(xn, ctx.state(self.adapter_skip, xn))
+            return x + self.feed_forward(self.ffn_norm.weight * z)
+        h = x if self.skipped else self._attend(x, ctx)
+        if not self.ffn_skipped:
+            xn = self.ffn_norm(h)
+            return h + self.feed_forward(xn, self._delta(self.ffn_delta, xn, ctx))
+        if self.adapter_skip is not None:  # DAS-style: the removed unit's input norm, then Δ
+            xn = (self.attention_norm if self.skipped else self.ffn_norm)(h)
+            return h + self.adapter_skip(xn, ctx.state(self.adapter_skip, xn))
+        if self.residual_adapter is not None:
+            xn = rms_normalize(h, self.eps)
+            return h + self.residual_adapter(xn, ctx.state(self.residual_adapter, xn))
+        return h
+
+    def _attend(self, x, ctx: Context):
         xn = self.attention_norm(x)
         if self.adapter_attn is not None:
-            xn = self.adapter_attn(xn, ctx.state(self.layer, self.adapter_attn, xn))
+            xn = xn + self.adapter_attn(xn, ctx.state(self.adapter_attn, xn))
         a = self.attention
         q, k, v = a.wq(xn), a.wk(xn), a.wv(xn)
         delta = self._delta(self.attn_delta, xn, ctx)
         if delta is not None:
             dq, dk, dv = delta.split([q.shape[-1], k.shape[-1], v.shape[-1]], dim=-1)
             q, k, v = q + dq, k + dk, v + dv
-        h = x + a(q, k, v, ctx.cos, ctx.sin, ctx.mask, ctx.cache, self.layer)
-        return h + self.feed_forward(self.ffn_norm(h))
+        return x + a(q, k, v, ctx.cos, ctx.sin, ctx.mask, ctx.cache, self.layer)
 
 
 class Llama(nn.Module):

@@ -13,6 +13,10 @@ dynamic: exact per-example routing at any batch size: W stays, plus a routed ran
          correction with the up-projections pre-multiplied by W (RoutedDelta).
 A merged skipped layer reads x̂ = RMSNorm_att(x) through its ffn_norm (whose gain becomes γ_att), so
 it has exactly the structure of a block whose attention was deleted.
+
+A skipped FFN or whole layer (the `ffn`/`layer` search units) has no linear neighbour to fold
+into: its PIA-S Δ stays as a ``residual_adapter`` on the gain-free normalised input (the gain
+folded into its down projections and router), with fixed routes in `static` mode.
 """
 from __future__ import annotations
 
@@ -89,21 +93,27 @@ def _routed_delta(pia: PIA, weights: list[torch.Tensor]) -> dict[str, torch.Tens
     return state
 
 
-def merged_config(cfg: LlamaConfig, skip_layers) -> LlamaConfig:
-    return dataclasses.replace(cfg, skip_layers=tuple(skip_layers), qkv_bias=True, ffn_bias=True)
+def merged_config(cfg: LlamaConfig, skip_layers, skip_ffn_layers=()) -> LlamaConfig:
+    return dataclasses.replace(cfg, skip_layers=tuple(skip_layers), skip_ffn_layers=tuple(skip_ffn_layers),
+                               qkv_bias=True, ffn_bias=True)
 
 
-def attach_extras(llama: Llama, mode: str, adapter_dim: int, skip_dim: int, temperature: float) -> Llama:
+def attach_extras(llama: Llama, mode: str, adapter_dim: int, skip_dim: int, temperature: float,
+                  groups: int = 2, scale: float = 1.0) -> Llama:
     """Give a plain merged-shape model the per-example modules its merge mode needs."""
     if mode not in MODES:
         raise ValueError(f"merge mode must be one of {MODES}, got {mode!r}")
     cfg, p = llama.cfg, llama.tok_embeddings.weight
     qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
     for block in llama.layers:
-        if block.skipped:
+        if block.ffn_skipped:  # a skipped FFN or layer keeps PIA-S's Δ: nothing linear to fold it into
+            block.residual_adapter = PIA(cfg.dim, skip_dim, True, groups, temperature, scale, dropout=0.0)
+            if mode == "static":
+                block.residual_adapter.fixed_route = torch.zeros(2)  # shape only; merge/load fill it
+        elif block.skipped:
             block.ffn_delta = (PooledBias(cfg.dim, skip_dim, 2 * cfg.hidden_dim) if mode == "static" else
                                RoutedDelta(cfg.dim, skip_dim, True, 2 * cfg.hidden_dim, temperature))
-        elif mode == "dynamic":
+        if not block.skipped and mode == "dynamic":
             block.attn_delta = RoutedDelta(cfg.dim, adapter_dim, False, qkv, temperature)
     return llama.to(device=p.device, dtype=p.dtype)
 
@@ -119,14 +129,39 @@ def _merge_state(model: Llama, mode: str) -> dict[str, torch.Tensor]:
 
 
 def _merge_layer(block, mode: str) -> dict[str, torch.Tensor]:
-    state = _merge_skipped(block, mode) if block.skipped else _merge_kept(block, mode)
+    if block.ffn_skipped:
+        state = {} if block.skipped else _merge_attention(block, mode)
+        norm = block.attention_norm if block.skipped else block.ffn_norm
+        state.update(_residual_state(block.adapter_skip, norm.weight, mode))
+    elif block.skipped:
+        state = _merge_skipped(block, mode)
+    else:
+        state = {**_merge_attention(block, mode), **_ffn_state(block)}
     return {f"layers.{block.layer}.{k}": v for k, v in state.items()}
 
 
 def _ffn_biases(ffn) -> dict[str, torch.Tensor]:
-    """Merged configs give W1/W3 biases to every layer; a base FFN has none (zeros)."""
+    """Merged configs give W1/W3 biases to every FFN; a base FFN has none (zeros)."""
     return {f"feed_forward.{n}.bias": getattr(ffn, n).bias.float() if getattr(ffn, n).bias is not None
             else ffn.w2.weight.new_zeros(getattr(ffn, n).out_features, dtype=torch.float32) for n in ("w1", "w3")}
+
+
+def _ffn_state(block) -> dict[str, torch.Tensor]:
+    ffn = block.feed_forward
+    return {"ffn_norm.weight": block.ffn_norm.weight.float(),
+            **{f"feed_forward.{n}.weight": getattr(ffn, n).weight.float() for n in ("w1", "w2", "w3")},
+            **_ffn_biases(ffn)}
+
+
+def _residual_state(pia: PIA, gain: torch.Tensor, mode: str) -> dict[str, torch.Tensor]:
+    """PIA-S standing in for a skipped FFN/layer, reading the gain-free norm: Δ reads x̂ = γ ⊙ n
+    only through linear maps (down, pooled down, router), so γ folds into their columns."""
+    if mode == "static" and pia.fixed_route is None:
+        raise ValueError("static merge needs router constants: run eas.merge.calibrate_routes first")
+    state = {k: v.float() for k, v in pia.state_dict().items()}
+    for name in ("down", "down_pool", "router"):
+        state[f"{name}.weight"] = state[f"{name}.weight"] * gain.float()
+    return {"residual_adapter." + k: v for k, v in state.items()}
 
 
 def _merge_skipped(block, mode: str) -> dict[str, torch.Tensor]:
@@ -149,13 +184,10 @@ def _merge_skipped(block, mode: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _merge_kept(block, mode: str) -> dict[str, torch.Tensor]:
-    att, pia, ffn = block.attention, block.adapter_attn, block.feed_forward
+def _merge_attention(block, mode: str) -> dict[str, torch.Tensor]:
+    att, pia = block.attention, block.adapter_attn
     state = {"attention_norm.weight": block.attention_norm.weight.float(),
-             "attention.wo.weight": att.wo.weight.float(),
-             "ffn_norm.weight": block.ffn_norm.weight.float(),
-             **{f"feed_forward.{n}.weight": getattr(ffn, n).weight.float() for n in ("w1", "w2", "w3")},
-             **_ffn_biases(ffn)}
+             "attention.wo.weight": att.wo.weight.float()}
     lins = {"wq": att.wq, "wk": att.wk, "wv": att.wv}
     weights = [lin.weight.float() for lin in lins.values()]
     biases = [lin.bias.float() if lin.bias is not None else lin.weight.new_zeros(lin.out_features, dtype=torch.float32)
@@ -200,7 +232,8 @@ def build_merged(cfg, info: dict):
     with torch.device("meta"):
         model = Lavin(cfg) if hasattr(cfg, "vision") else Llama(cfg)
         llama = getattr(model, "llama", model)
-        attach_extras(llama, info["mode"], info["adapter_dim"], info["skip_dim"], info["temperature"])
+        attach_extras(llama, info["mode"], info["adapter_dim"], info["skip_dim"], info["temperature"],
+                      info.get("groups", 2), info.get("scale", 1.0))
         if hasattr(model, "visual"):
             attach_vision_extras(model.visual, info["mode"], info["adapter_dim"], info["temperature"])
     model.merge_info = info
@@ -224,10 +257,11 @@ def merge(model: nn.Module, mode: str) -> nn.Module:
                          "call eas.calibrate.clear_routes(model) first")
     llama = getattr(model, "llama", model)
     p = llama.tok_embeddings.weight
-    skip = [b.layer for b in llama.layers if b.skipped]
-    llama_cfg = merged_config(llama.cfg, skip)
+    llama_cfg = merged_config(llama.cfg, [b.layer for b in llama.layers if b.skipped],
+                              [b.layer for b in llama.layers if b.ffn_skipped])
     cfg = dataclasses.replace(model.cfg, llama=llama_cfg) if hasattr(model, "visual") else llama_cfg
-    info = {"mode": mode, "adapter_dim": eas.adapter_dim, "skip_dim": eas.skip_dim, "temperature": eas.temperature,
+    info = {"mode": mode, "unit": eas.unit, "adapter_dim": eas.adapter_dim, "skip_dim": eas.skip_dim,
+            "temperature": eas.temperature, "groups": eas.groups, "scale": eas.scale,
             "router_constants": ([pia.fixed_route.tolist() for pia in model.modules()
                                   if isinstance(pia, PIA) and pia.fixed_route is not None]
                                  if mode == "static" else None)}

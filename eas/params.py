@@ -5,13 +5,15 @@ from torch import nn
 
 
 def _unused_adapter_params(model: nn.Module) -> set[int]:
-    """PIA-S of kept layers and PIA-A of skipped layers exist (for the search) but do not run."""
+    """PIA-S of layers with nothing skipped and PIA-A of layers without attention exist (for the
+    search) but do not run."""
     llama = getattr(model, "llama", model)
     unused = set()
     for block in llama.layers:
-        idle = block.adapter_attn if block.skipped else block.adapter_skip
-        if idle is not None:
-            unused |= {id(p) for p in idle.parameters()}
+        idle = [block.adapter_attn] if block.skipped else []
+        if not (block.skipped or block.ffn_skipped):
+            idle.append(block.adapter_skip)
+        unused |= {id(p) for m in idle if m is not None for p in m.parameters()}
     return unused
 
 

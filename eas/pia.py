@@ -3,8 +3,9 @@
 One class serves both variants:
   PIA-A (adaptation, ``pooled=False``): H_n = W_A x̂_n + b_A
   PIA-S (skip,       ``pooled=True``):  H_n = ½ (W_C x̂_n + b_C + ū),  ū = mean_prompt(W_A x̂ + b_A)
-  out_n = x̂_n + s [w_1 (U_B H_n + c_B) + w_2 (U_D H_n + c_D)],  w = softmax((W_r m + b_r) / τ)
+  PIA(x̂)_n = x̂_n + Δ_n,  Δ_n = s [w_1 (U_B H_n + c_B) + w_2 (U_D H_n + c_D)],  w = softmax((W_r m + b_r) / τ)
 with m the mean of x̂ over the routed prompt positions and U_B, U_D block-diagonal (grouped).
+The module returns Δ; callers add x̂ (Δ alone replaces a skipped FFN or layer).
 The token path is affine, which is what makes the merge in eas/merge.py exact.
 """
 from __future__ import annotations
@@ -97,6 +98,8 @@ class PIA(RoutedDown):
                 nn.init.zeros_(lin.bias)
 
     def forward(self, xn: torch.Tensor, state: PIAState) -> torch.Tensor:
+        """Δ, the adapter's correction: PIA(x̂) = x̂ + Δ where it adapts or replaces attention, Δ
+        alone where it replaces a whole FFN or layer (the `ffn`/`layer` units)."""
         h = self.hidden(xn, state)
         w = state.route[:, None]
-        return xn + self.scale * (w[..., :1] * self.up_b(h) + w[..., 1:] * self.up_d(h))
+        return self.scale * (w[..., :1] * self.up_b(h) + w[..., 1:] * self.up_d(h))

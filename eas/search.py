@@ -19,9 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .eas_model import set_skipped
+from .eas_model import UNITS, set_skipped
 
-UNITS = ("attention", "ffn", "layer")
 Subnet = tuple[int, ...]
 
 
@@ -176,17 +175,16 @@ class SkipTarget:
         self.apply(subnet)
 
 
-def skip_target(model: nn.Module, unit: str = "attention") -> SkipTarget:
-    """Candidates of a LLaMA or Lavin model; "attention" skips MHA in favour of PIA-S."""
-    if unit not in UNITS:
-        raise ValueError(f"unknown search unit {unit!r}; choose one of {UNITS}")
-    if unit != "attention":
-        raise ValueError(f"search unit {unit!r} needs FFN/whole-layer skipping, which the model does not "
-                         f"implement yet; supported units: ('attention',)")
+def skip_target(model: nn.Module, unit: str | None = None) -> SkipTarget:
+    """Candidates of a LLaMA or Lavin model: one per layer, of the unit its EASConfig names
+    (attention, ffn or layer; see eas/eas_model.py). ``unit``, when given, must agree with it."""
     llama = getattr(model, "llama", model)
     if getattr(llama, "eas", None) is None:
-        raise ValueError("attention search needs PIA-S in every layer: call eas.eas_model.add_adapters first")
-    return SkipTarget(unit, llama.cfg.n_layers, lambda: tuple(llama.eas.skip_layers),
+        raise ValueError("the skip search needs PIA-S in every layer: call eas.eas_model.add_adapters first")
+    if unit is not None and unit != llama.eas.unit:
+        raise ValueError(f"search unit {unit!r}, but the adapters were attached for unit {llama.eas.unit!r} "
+                         f"(EASConfig.unit); choose one of {UNITS}")
+    return SkipTarget(llama.eas.unit, llama.cfg.n_layers, lambda: tuple(llama.eas.skip_layers),
                       lambda subnet: set_skipped(llama, subnet))
 
 

@@ -86,7 +86,7 @@ class ResidualBlock(nn.Module):
             patches = torch.ones(xn.shape[:2], dtype=torch.bool, device=xn.device)
             patches[:, 0] = False
             if self.adapter_attn is not None:
-                xn = self.adapter_attn(xn, self.adapter_attn.context(xn, patches, patches))
+                xn = xn + self.adapter_attn(xn, self.adapter_attn.context(xn, patches, patches))
             if self.attn_delta is not None:
                 delta = self.attn_delta(xn, self.attn_delta.context(xn, patches, patches))
         x = x + self.attn(xn, delta)

@@ -8,10 +8,10 @@ from eas.config import LlamaConfig
 from eas.llama import Llama
 
 
-def naive_pia(pia, xn: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-    """PIA from its raw tensors, as eas_method.md §1.2/1.4 write it: τ = 10 and the ½ mix are the
-    spec's constants (not read from the module), pooling is done after the down projection, and
-    the grouped up projections are applied group by group."""
+def naive_pia_delta(pia, xn: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """PIA's Δ (its output minus the identity) from its raw tensors, as eas_method.md §1.2/1.4
+    write it: τ = 10 and the ½ mix are the spec's constants (not read from the module), pooling is
+    done after the down projection, and the grouped up projections are applied group by group."""
     w_prompt = prompt[..., None].float() / prompt.sum(1)[:, None, None]
     route = torch.softmax(((xn * w_prompt).sum(1) @ pia.router.weight.T + pia.router.bias) / 10.0, -1)
     h = xn @ pia.down.weight.T + pia.down.bias
@@ -25,14 +25,15 @@ def naive_pia(pia, xn: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         return torch.cat(halves, -1) + up.bias
 
     w = route[:, None]
-    return xn + pia.scale * (w[..., :1] * grouped(pia.up_b) + w[..., 1:] * grouped(pia.up_d))
+    return pia.scale * (w[..., :1] * grouped(pia.up_b) + w[..., 1:] * grouped(pia.up_d))
 
 
 def naive_logits(model: Llama, tokens: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
     """Straight-line LLaMA: complex-number RoPE, explicit softmax, repeated KV heads, no cache.
 
-    With EAS adapters attached: PIA-A before the attention of kept layers and
-    x + FFN(γ_ffn ⊙ PIA-S(RMSNorm_att(x))) in skipped ones, pooling over ``prompt`` [B, T].
+    With EAS adapters attached (eas_model.py's table): PIA-A before the attention of kept layers;
+    for a skipped unit, x + FFN(γ_ffn ⊙ PIA-S(RMSNorm_att(x))) (attention), h + Δ(RMSNorm_ffn(h))
+    (ffn) or x + Δ(RMSNorm_att(x)) (layer); pooling over ``prompt`` [B, T].
     """
     cfg = model.cfg
     B, T = tokens.shape
@@ -47,22 +48,28 @@ def naive_logits(model: Llama, tokens: torch.Tensor, prompt: torch.Tensor | None
     def norm(x, w):
         return x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.norm_eps) * w
 
+    def ffn(f, h):
+        return (torch.nn.functional.silu(h @ f.w1.weight.T) * (h @ f.w3.weight.T)) @ f.w2.weight.T
+
     x = model.tok_embeddings.weight[tokens]
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
     prompt = torch.ones(B, T, dtype=torch.bool) if prompt is None else prompt
+    eas = getattr(model, "eas", None)
     for blk in model.layers:
-        skipped = blk.layer in getattr(getattr(model, "eas", None), "skip_layers", ())
-        if skipped:
-            z = naive_pia(blk.adapter_skip, norm(x, blk.attention_norm.weight), prompt)
-            f = blk.feed_forward
-            h = z * blk.ffn_norm.weight
-            x = x + (torch.nn.functional.silu(h @ f.w1.weight.T) * (h @ f.w3.weight.T)) @ f.w2.weight.T
+        unit = eas.unit if eas is not None and blk.layer in eas.skip_layers else None
+        if unit == "layer":
+            x = x + naive_pia_delta(blk.adapter_skip, norm(x, blk.attention_norm.weight), prompt)
+            continue
+        if unit == "attention":
+            xn = norm(x, blk.attention_norm.weight)
+            z = xn + naive_pia_delta(blk.adapter_skip, xn, prompt)
+            x = x + ffn(blk.feed_forward, z * blk.ffn_norm.weight)
             continue
         if blk.attention is not None:
             a = blk.attention
             xn = norm(x, blk.attention_norm.weight)
             if blk.adapter_attn is not None:
-                xn = naive_pia(blk.adapter_attn, xn, prompt)
+                xn = xn + naive_pia_delta(blk.adapter_attn, xn, prompt)
             q = rope((xn @ a.wq.weight.T).view(B, T, cfg.n_heads, hd))
             k = rope((xn @ a.wk.weight.T).view(B, T, cfg.n_kv_heads, hd))
             v = (xn @ a.wv.weight.T).view(B, T, cfg.n_kv_heads, hd)
@@ -71,9 +78,10 @@ def naive_logits(model: Llama, tokens: torch.Tensor, prompt: torch.Tensor | None
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
             probs = scores.masked_fill(~causal, float("-inf")).softmax(-1)
             x = x + torch.einsum("bhqk,bkhd->bqhd", probs, v).reshape(B, T, -1) @ a.wo.weight.T
-        f = blk.feed_forward
-        h = norm(x, blk.ffn_norm.weight)
-        x = x + (torch.nn.functional.silu(h @ f.w1.weight.T) * (h @ f.w3.weight.T)) @ f.w2.weight.T
+        if unit == "ffn":
+            x = x + naive_pia_delta(blk.adapter_skip, norm(x, blk.ffn_norm.weight), prompt)
+        elif blk.feed_forward is not None:
+            x = x + ffn(blk.feed_forward, norm(x, blk.ffn_norm.weight))
     return norm(x, model.norm.weight) @ model.output.weight.T
 
 
@@ -81,9 +89,10 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("kv_heads,skip", [(4, ()), (2, ()), (2, (1, 2)), (1, (0,))])
-def test_cached_decode_matches_full_pass_and_naive(kv_heads, skip, gen):
-    cfg = LlamaConfig.named("test", n_kv_heads=kv_heads, skip_layers=skip)
+@pytest.mark.parametrize("kv_heads,skip,skip_ffn", [(4, (), ()), (2, (), ()), (2, (1, 2), ()), (1, (0,), ()),
+                                                   (2, (1,), (1, 3))])
+def test_cached_decode_matches_full_pass_and_naive(kv_heads, skip, skip_ffn, gen):
+    cfg = LlamaConfig.named("test", n_kv_heads=kv_heads, skip_layers=skip, skip_ffn_layers=skip_ffn)
     model = Llama(cfg).init_weights(gen).eval()
     tokens = torch.randint(0, cfg.vocab_size, (2, 12), generator=gen)
     with torch.no_grad():

@@ -53,8 +53,8 @@ def greedy(model, embeds, positions, visible, steps=32):
     return torch.stack(logits, 1), torch.stack(tokens, 1)
 
 
-def eas_model(gen, skip=SKIP):
-    model = add_adapters(base_model(gen), EASConfig(adapter_dim=4, skip_dim=8, skip_layers=skip))
+def eas_model(gen, skip=SKIP, unit="attention"):
+    model = add_adapters(base_model(gen), EASConfig(adapter_dim=4, skip_dim=8, skip_layers=skip, unit=unit))
     return trained_like(model, gen).eval()
 
 
@@ -68,9 +68,12 @@ def test_identity_at_init(gen):
     assert rel_err(out, ref) < 1e-6
 
 
-@pytest.mark.parametrize("lengths", [[11], [11, 4, 7, 9]])
-def test_dynamic_merge_equals_unmerged(lengths, gen):
-    model = eas_model(gen)
+UNIT_CASES = [("attention", [11]), ("attention", [11, 4, 7, 9]), ("ffn", [11, 4, 7, 9]), ("layer", [11, 4, 7, 9])]
+
+
+@pytest.mark.parametrize("unit,lengths", UNIT_CASES)
+def test_dynamic_merge_equals_unmerged(unit, lengths, gen):
+    model = eas_model(gen, unit=unit)
     merged = merge(model, "dynamic")
     emb, pos, vis = prompt_batch(model, lengths, gen)
     ref, ref_tokens = greedy(model, emb, pos, vis)
@@ -79,12 +82,13 @@ def test_dynamic_merge_equals_unmerged(lengths, gen):
     assert rel_err(out, ref) < 1e-5
 
 
-@pytest.mark.parametrize("lengths", [[11], [11, 4, 7, 9]])
-def test_static_merge_equals_unmerged_with_fixed_routes(lengths, gen):
-    model = eas_model(gen)
+@pytest.mark.parametrize("unit,lengths", UNIT_CASES)
+def test_static_merge_equals_unmerged_with_fixed_routes(unit, lengths, gen):
+    model = eas_model(gen, unit=unit)
     emb, pos, vis = prompt_batch(model, [6, 8, 3], gen)
     constants = calibrate_routes(model, [(emb, pos, vis, vis)])
-    assert len(constants) == model.cfg.n_layers  # one active adapter per layer
+    # one active adapter per layer, plus PIA-S where an FFN is skipped beside a kept attention
+    assert len(constants) == model.cfg.n_layers + (len(SKIP) if unit == "ffn" else 0)
     merged = merge(model, "static")
     emb, pos, vis = prompt_batch(model, lengths, gen)
     ref, ref_tokens = greedy(model, emb, pos, vis)
@@ -164,3 +168,24 @@ def test_switching_skip_set_at_run_time(gen):
     set_skipped(model, ())
     assert torch.equal(greedy(model, emb, pos, vis, 2)[0], full)
     assert rel_err(skipped, full) > 1e-3
+
+
+@pytest.mark.parametrize("unit,absent_attention,absent_ffn", [("ffn", (), SKIP), ("layer", SKIP, SKIP)])
+def test_ffn_and_layer_units_merge_to_smaller_models(unit, absent_attention, absent_ffn, gen, tmp_path):
+    """A skipped FFN/layer is physically absent after the merge; only PIA-S's Δ stands in for it."""
+    model = eas_model(gen, unit=unit)
+    emb, pos, vis = prompt_batch(model, [6, 8], gen)
+    calibrate_routes(model, [(emb, pos, vis, vis)])
+    merged = merge(model, "static")
+    assert merged.cfg.skip_layers == absent_attention and merged.cfg.skip_ffn_layers == absent_ffn
+    for block in merged.layers:
+        assert (block.feed_forward is None) == (block.layer in absent_ffn)
+        assert (block.attention is None) == (block.layer in absent_attention)
+        assert (block.residual_adapter is not None) == (block.layer in absent_ffn)
+    full_cache = model.new_cache(2, 16).nbytes
+    n = model.cfg.n_layers
+    assert merged.new_cache(2, 16).nbytes * n == full_cache * (n - len(absent_attention))
+    save_merged(merged, tmp_path / "merged.pt")
+    loaded = load_merged(tmp_path / "merged.pt")
+    emb, pos, vis = prompt_batch(model, [5, 9], gen)
+    assert torch.equal(greedy(loaded, emb, pos, vis, 4)[0], greedy(merged, emb, pos, vis, 4)[0])

@@ -26,3 +26,18 @@ def test_paper_shares(lavin_7b, k, paper):
     assert rep["llm"] == 6_738_415_616  # LLaMA-7B
     assert f"{100 * rep['share_of_llm']:.2f}" == paper
     assert rep["frozen"] - rep["llm"] == 303_966_208  # CLIP ViT-L/14 visual tower, proj included
+
+
+@pytest.mark.parametrize("unit,k,paper", [("ffn", 4, "0.08"), ("ffn", 12, "0.13"), ("layer", 4, "0.08")])
+def test_ffn_and_layer_units_count_what_runs(lavin_7b, unit, k, paper):
+    """A skipped FFN keeps its layer's PIA-A and adds PIA-S (Table 5's FFN rows: 0.08 % at 4 and
+    0.13 % at 12; its 0.11 % at 8 we get as 0.10 %); a skipped layer swaps PIA-A for PIA-S."""
+    lavin_7b.llama.eas.unit = unit
+    try:
+        set_skipped(lavin_7b.llama, range(k))
+        rep = trainable_report(lavin_7b)
+    finally:
+        lavin_7b.llama.eas.unit = "attention"
+    kept_attention = 32 if unit == "ffn" else 32 - k
+    assert rep["trainable"] == k * PIA_S + kept_attention * PIA_A + SHARED
+    assert f"{100 * rep['share_of_llm']:.2f}" == paper

@@ -18,9 +18,9 @@ def random_gains(model, gen):
     return model
 
 
-def adapted(gen, skip):
+def adapted(gen, skip, unit="attention"):
     model = random_gains(Llama(LlamaConfig.named("test")).init_weights(gen), gen)
-    add_adapters(model, EASConfig(adapter_dim=4, skip_dim=8, skip_layers=skip))
+    add_adapters(model, EASConfig(adapter_dim=4, skip_dim=8, skip_layers=skip, unit=unit))
     for m in model.modules():
         if isinstance(m, PIA):
             m.scale = 0.7
@@ -33,9 +33,10 @@ def prompt_first(B, T, n_prompt):
     return torch.arange(T).expand(B, T) < torch.tensor(n_prompt)[:, None]
 
 
-@pytest.mark.parametrize("skip", [(), (1,), (0, 2)])
-def test_adapters_match_the_spec_reference(skip, gen):
-    model = adapted(gen, skip)
+@pytest.mark.parametrize("unit,skip", [("attention", ()), ("attention", (1,)), ("attention", (0, 2)),
+                                       ("ffn", (1, 2)), ("layer", (0, 3))])
+def test_adapters_match_the_spec_reference(unit, skip, gen):
+    model = adapted(gen, skip, unit)
     tokens = torch.randint(1, model.cfg.vocab_size, (3, 10), generator=gen)
     prompt = prompt_first(3, 10, [4, 10, 7])
     T = tokens.shape[1]

@@ -197,12 +197,23 @@ def test_score_subnets_restores_after_an_error(gen):
     assert model.eas.skip_layers == (1,)
 
 
-def test_only_attention_units_are_supported(gen):
+@pytest.mark.parametrize("unit,attention_off,ffn_off", [("attention", {1}, set()), ("ffn", set(), {1}),
+                                                         ("layer", {1}, {1})])
+def test_each_unit_switches_its_own_blocks(unit, attention_off, ffn_off, gen):
+    model = Llama(LlamaConfig.named("test", n_layers=3)).init_weights(gen)
+    add_adapters(model, EASConfig(adapter_dim=4, skip_dim=8, unit=unit))
+    target = skip_target(model, unit)
+    target((1,))
+    assert {b.layer for b in model.layers if b.skipped} == attention_off
+    assert {b.layer for b in model.layers if b.ffn_skipped} == ffn_off
+    assert target.current() == (1,) and target.unit == unit
+
+
+def test_skip_target_refuses_what_it_cannot_switch(gen):
     model = tiny_eas(gen)
-    for unit in ("ffn", "layer"):
-        with pytest.raises(ValueError, match="supported units: \\('attention',\\)"):
-            skip_target(model, unit)
-    with pytest.raises(ValueError, match="unknown search unit"):
-        skip_target(model, "head")
+    with pytest.raises(ValueError, match="attached for unit 'attention'"):
+        skip_target(model, "ffn")
+    with pytest.raises(ValueError, match="unknown skip unit"):
+        EASConfig(unit="head")
     with pytest.raises(ValueError, match="add_adapters"):
         skip_target(Llama(LlamaConfig.named("test")))
