@@ -18,21 +18,40 @@ def write_report(report: dict, out: Path) -> None:
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
 
 
+def _pct(x) -> str:
+    """A percentage to two places; n/a for an empty category (scorers give None there)."""
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _breakdown(r: dict) -> dict[str, dict[str, dict]]:
+    """form -> the scorer's breakdown ({name: {"percent", "n"}}), empty for reports without one."""
+    return {form: res.get("breakdown") or {} for form, res in r["results"].items()}
+
+
 def summary_lines(r: dict) -> list[str]:
     """The one-screen summary printed at the end of `run.py tune`."""
     tag = " [SYNTHETIC DATA]" if r["synthetic"] else ""
     acc = r["accuracy"]
     p = r["params"]
     lines = [f"EAS tuning of {r['task']}{tag}: test accuracy on {r['split']['test']} held-out examples",
-             f"  unmerged {acc['unmerged']:.2f} %   static merged {acc['static']:.2f} %   "
-             f"dynamic merged {acc['dynamic']:.2f} %",
+             f"  unmerged {_pct(acc['unmerged'])} %   static merged {_pct(acc['static'])} %   "
+             f"dynamic merged {_pct(acc['dynamic'])} %",
              f"  skipped {r['unit']} units: {r['skip_layers']} ({len(r['skip_layers'])} of {r['n_units']}; "
              f"KV cache {100 * r['kv_cache_share']:.0f} % of the base)",
              f"  trainable parameters: {p['trainable']:,} = {100 * p['share_of_llm']:.2f} % of the LLM, "
              f"{100 * p['share_of_model']:.2f} % of LLM + ViT",
              f"  time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in r["timings_s"].items())]
+    parts = _breakdown(r).get("unmerged") or {}
+    if 0 < len(parts) <= 12:
+        lines.append("  unmerged by part (%): " + ", ".join(f"{k} {_pct(v['percent'])} (n={v['n']})"
+                                                         for k, v in parts.items()))
+    elif parts:
+        lines.append(f"  breakdown over {len(parts)} parts: report.md")
     if r["skipped_files"]:
         lines.append(f"  WARNING: {len(r['skipped_files'])} unreadable image(s) skipped (listed in report.json)")
+    if r.get("skipped_batches"):
+        lines.append(f"  WARNING: {len(r['skipped_batches'])} batch(es) with no readable image skipped "
+                     f"(listed in report.json)")
     lines.append(f"  merged model ({r['merged']['mode']}): {r['merged']['path']}")
     return lines
 
@@ -40,8 +59,24 @@ def summary_lines(r: dict) -> list[str]:
 def markdown(r: dict) -> str:
     synthetic = ("\n**All numbers are on SYNTHETIC data** (procedurally drawn AID-like scenes, not the real AID "
                  "data set).\n" if r["synthetic"] else "")
-    rows = "\n".join(f"| {name} | {res['accuracy']:.2f} | {res['n']} | {res['seconds']:.1f} |"
+    rows = "\n".join(f"| {name} | {_pct(res['accuracy'])} | {res['n']} | {res['seconds']:.1f} |"
                      for name, res in r["results"].items())
+    metric = next(iter(r["results"].values())).get("metric")
+    metric = f"\nAccuracy: {metric}.\n" if metric else ""
+    forms = _breakdown(r)
+    names = list(next(iter(forms.values()), {}))
+    breakdown = ""
+    if names:
+        first = next(iter(forms.values()))
+        table = "\n".join(f"| {k} | {first[k]['n']} | " + " | ".join(_pct(b.get(k, {}).get("percent"))
+                                                                    for b in forms.values()) + " |"
+                          for k in names)
+        breakdown = (f"\n## Breakdown (%)\n\n| part | examples | {' | '.join(forms)} |\n"
+                     f"|---|---|{'---|' * len(forms)}\n{table}\n")
+    skipped = ""
+    if r.get("skipped_batches"):
+        skipped = (f"\n**{len(r['skipped_batches'])} batch(es) skipped**, none of their images readable:\n\n"
+                   + "\n".join(f"- {b}" for b in r["skipped_batches"]) + "\n")
     p = r["params"]
     search = ""
     if r["searched"]:
@@ -60,6 +95,7 @@ holds {100 * r['kv_cache_share']:.0f} % of the base model's.
 | form | accuracy (%) | examples | seconds |
 |---|---|---|---|
 {rows}
+{metric}{breakdown}{skipped}
 
 Trainable parameters: {p['trainable']:,} ({100 * p['share_of_llm']:.3f} % of the LLM's {p['llm']:,};
 {100 * p['share_of_model']:.3f} % of LLM + ViT).

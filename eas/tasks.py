@@ -25,7 +25,7 @@ class TaskData:
     train: list
     val: list
     test: list
-    score: Callable[[Sequence[str], Sequence], dict]  # -> {"accuracy": percent, ...}
+    score: Callable[[Sequence[str], Sequence], dict]  # -> eas.data.metrics.task_scores shape
     max_new_tokens: int
     synthetic: bool = False
     source: str = ""

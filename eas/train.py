@@ -78,9 +78,11 @@ def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optim
     number of supervised tokens. The step minimises sum(losses) / sum(counts) over every
     micro-batch of every rank, so the gradient is exactly that of the concatenated global batch,
     whatever the micro-batch sizes or the number of processes. schedule(step) sets the learning
-    rate of every group first.
+    rate of every group first. When distributed, a rank may bring no micro-batch (its whole shard
+    was unreadable): it still joins the collectives and the others' gradient is applied.
     """
-    if not batches:
+    distributed = dist.is_available() and dist.is_initialized()
+    if not batches and not distributed:
         raise ValueError("train_step needs at least one micro-batch")
     if schedule is not None:
         set_lr(optimizer, schedule(step))
@@ -94,7 +96,7 @@ def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optim
         (scaler.scale(loss_sum) if scaler is not None else loss_sum).backward()
         totals += torch.stack([loss_sum.detach().double(), torch.as_tensor(count, dtype=torch.float64,
                                                                             device=device)])
-    if dist.is_available() and dist.is_initialized():
+    if distributed:
         _all_reduce_grads(params, totals)
     loss_total, count_total = totals.tolist()
     if count_total <= 0:

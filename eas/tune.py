@@ -112,6 +112,7 @@ class Tuner:
                                  f"it, or choose another --out")
             self.out.mkdir(parents=True, exist_ok=True)
         self.skipped_files: list[str] = []
+        self.skipped_batches: list[str] = []  # batches none of whose images could be read
         self.timings: dict[str, float] = {}
         self._last_save = time.monotonic()
         self._stop: str | None = None
@@ -238,30 +239,44 @@ class Tuner:
         for step in range(step, total):
             subnet = broadcast_subnets([self.search.sample()])[0]
             set_skipped(self.model.llama, subnet)
-            loss = train_step(self.model, _loss_sum, self.optimizer, self._micro_batches("search", step), step,
-                              lambda s: lr_at(s, total, self._lr_warmup(total), self.cfg.lr))
-            record = {"stage": "search", "step": step, "loss": round(loss, 5), "skip": list(subnet)}
+            loss = self._train_step("search", step, total)
+            record = {"stage": "search", "step": step, **self._loss_record(loss), "skip": list(subnet)}
             if step >= warm and (step - warm) % self.cfg.nas_every == 0:
-                subnets, losses = bandit_round(self.search, self.target, self._val_loss(),
-                                               m=min(self.cfg.candidates, math.comb(self.n_units, self.k)))
-                record.update(candidates=[list(s) for s in subnets], val_losses=[round(x, 5) for x in losses],
-                              scores=[round(x, 5) for x in self.search.scores.tolist()])
+                # Round r reads the r-th validation batch; r counts rounds due, skipped ones included,
+                # so an unreadable batch is passed over, not read again at every later round.
+                val_batch = self._val_batch((step - warm) // self.cfg.nas_every, step)
+                if val_batch is None:
+                    record["bandit_skipped"] = True
+                else:
+                    subnets, losses = bandit_round(self.search, self.target, self._val_loss(val_batch),
+                                                   m=min(self.cfg.candidates, math.comb(self.n_units, self.k)))
+                    record.update(candidates=[list(s) for s in subnets], val_losses=[round(x, 5) for x in losses],
+                                  scores=[round(x, 5) for x in self.search.scores.tolist()])
             self._log(record)
-            bar.set_postfix(loss=f"{loss:.3f}", phase="warm-up" if step < warm else "bandit")
+            bar.set_postfix(loss="skipped" if loss is None else f"{loss:.3f}",
+                            phase="warm-up" if step < warm else "bandit")
             bar.update()
             self._maybe_save("search", step + 1, t0, final=step + 1 == total)
         bar.close()
         self.timings["search_s"] = time.monotonic() - t0
 
-    def _val_loss(self):
-        """The reward's loss: one validation batch, dropout off, summed over ranks."""
-        val, r = self.task.val, self.search.step  # r: bandit rounds so far
+    def _val_batch(self, r: int, step: int):
+        """This rank's share of the r-th bandit round's validation batch, () where that share has no
+        readable image, or None on every rank when no rank has one (the round is then skipped)."""
+        val = self.task.val
         n = min(len(val), self.cfg.val_batch)
         per_pass = len(val) // n
         order = _permutation(len(val), self.cfg.seed, "val", r // per_pass)
         start = (r % per_pass) * n
-        batch = self._prepare([val[i] for i in order[start:start + n][self.rank::self.world]])
+        chosen = [val[i] for i in order[start:start + n]]
+        batch = self._prepare(chosen[self.rank::self.world])
+        if not self._any_rank(bool(batch)):
+            self._skip_batch(f"validation batch of bandit round {r} (search step {step}); round skipped", chosen)
+            return None
+        return batch
 
+    def _val_loss(self, batch):
+        """The reward's loss on one validation batch: dropout off, summed over ranks."""
         def model_fn():
             self.model.eval()
             try:
@@ -293,10 +308,9 @@ class Tuner:
         bar = self._bar(total, step, f"fine-tune skip={list(skip)}")
         self.model.train()
         for step in range(step, total):
-            loss = train_step(self.model, _loss_sum, self.optimizer, self._micro_batches("finetune", step), step,
-                              lambda s: lr_at(s, total, self._lr_warmup(total), self.cfg.lr))
-            self._log({"stage": "finetune", "step": step, "loss": round(loss, 5)})
-            bar.set_postfix(loss=f"{loss:.3f}")
+            loss = self._train_step("finetune", step, total)
+            self._log({"stage": "finetune", "step": step, **self._loss_record(loss)})
+            bar.set_postfix(loss="skipped" if loss is None else f"{loss:.3f}")
             bar.update()
             self._maybe_save("finetune", step + 1, t0, final=step + 1 == total)
         bar.close()
@@ -348,7 +362,8 @@ class Tuner:
             "merged": {"path": str(self.out / "merged.pt"), "mode": cfg.merge},
             "kv_cache_share": (self.n_units - len(skip)) / self.n_units,
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
-            "skipped_files": self.skipped_files, "warnings": self.task.warnings, "world_size": self.world,
+            "skipped_files": self.skipped_files, "skipped_batches": self.skipped_batches,
+            "warnings": self.task.warnings, "world_size": self.world,
             "config": dataclasses.asdict(cfg),
         }
         write_report(report, self.out)
@@ -380,14 +395,49 @@ class Tuner:
             opt.load_state_dict(saved["optimizer"])
         return opt
 
-    def _micro_batches(self, stage: str, step: int) -> list:
+    def _batch_indices(self, stage: str, step: int) -> list[int]:
+        """The global batch of a training step: indices into the training split."""
         bs = self.cfg.batch_size
         order = _permutation(len(self.task.train), self.cfg.seed, stage, step // self.spe)
         start = (step % self.spe) * bs
-        mine = order[start:start + bs][self.rank::self.world]
+        return order[start:start + bs]
+
+    def _micro_batches(self, stage: str, step: int) -> list:
+        mine = self._batch_indices(stage, step)[self.rank::self.world]
         per = math.ceil(len(mine) / self.cfg.accum)
         parts = [self._prepare([self.task.train[i] for i in mine[j:j + per]]) for j in range(0, len(mine), per)]
         return [p for p in parts if p]
+
+    def _train_step(self, stage: str, step: int, total: int) -> float | None:
+        """One optimizer step; None (and no update) when no image of the whole batch could be read."""
+        batches = self._micro_batches(stage, step)
+        if not self._any_rank(bool(batches)):
+            self._skip_batch(f"training batch of {stage} step {step}; no update",
+                             [self.task.train[i] for i in self._batch_indices(stage, step)])
+            return None
+        return train_step(self.model, _loss_sum, self.optimizer, batches, step,
+                          lambda s: lr_at(s, total, self._lr_warmup(total), self.cfg.lr))
+
+    @staticmethod
+    def _loss_record(loss: float | None) -> dict:
+        return {"loss": None, "skipped_batch": True} if loss is None else {"loss": round(loss, 5)}
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether `flag` holds on some rank (every rank must call this at the same point)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        return bool(t.item())
+
+    def _skip_batch(self, what: str, examples) -> None:
+        """Count and announce a batch whose every image was unreadable (the files are in skipped_files)."""
+        files = [str(e.image) for e in examples]
+        shown = ", ".join(files[:3]) + (f", ... ({len(files)} in all)" if len(files) > 3 else "")
+        message = f"{what}: none of its images could be read ({shown})"
+        self.skipped_batches.append(message)
+        if self.lead:
+            warnings.warn(f"skipped the {message}", DataWarning, stacklevel=3)
 
     def _prepare(self, examples):
         """-> (LavinBatch, pixels) on the device, or () when every image in it was unreadable."""
@@ -438,7 +488,8 @@ class Tuner:
                             adapters=trainable_state_dict(self.model),
                             optimizer=None if fresh_stage else self.optimizer.state_dict(),
                             search=self.search.state_dict(), timings=dict(self.timings),
-                            log_bytes=self.log_file.stat().st_size, skipped_files=list(self.skipped_files))
+                            log_bytes=self.log_file.stat().st_size, skipped_files=list(self.skipped_files),
+                            skipped_batches=list(self.skipped_batches))
         self._last_save = time.monotonic()
 
     def _restore(self) -> dict:
@@ -452,6 +503,7 @@ class Tuner:
         self.search.load_state_dict(saved["search"])
         self.timings.update(saved["timings"])
         self.skipped_files[:] = saved["skipped_files"]
+        self.skipped_batches[:] = saved.get("skipped_batches", [])  # absent from older checkpoints
         if saved["world_size"] == self.world:
             self.train_state.rng = saved["rngs"][self.rank]
             self.train_state.restore()

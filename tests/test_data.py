@@ -22,15 +22,12 @@ from eas.data.scienceqa import (build_prompt, extract_answer, load_scienceqa, pr
                                 score_scienceqa)
 from eas.data.slake import load_slake, score_slake
 from eas.data.synthetic_aid import SYNTHETIC_NOTICE, ensure_synthetic_aid, render
+from fixture_data import jpeg as _jpeg, slake_entry as _slake_entry, sqa_problem as _problem
+from fixture_data import write_scienceqa, write_slake
 
 # Image counts of the real AID classes (they sum to 10,000).
 AID_SIZES = (360, 310, 220, 400, 360, 260, 240, 350, 410, 300, 370, 250, 390, 280, 290, 340, 350,
              390, 370, 420, 380, 260, 290, 410, 300, 300, 330, 290, 360, 420)
-
-
-def _jpeg(path, colour=(100, 150, 200), size=8):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), colour).save(path, "JPEG")
 
 
 def _fake_aid(root, per_class=lambda i: 8 + i % 3):
@@ -151,9 +148,9 @@ def test_aid_scoring_normalises():
     examples = _examples([1] * 4)[:4]  # airport, bareland, baseballfield, beach
     predictions = ["Airport.", "the bareland", "Baseball field", "BEACH!"]
     scores = score_aid(predictions, examples)
-    assert scores["accuracy"] == 75.0  # "baseball field" is two words, not the label
-    assert scores["per_class"] == {"airport": 100.0, "bareland": 100.0, "baseballfield": 0.0,
-                                   "beach": 100.0}
+    assert scores["accuracy"] == 75.0 and scores["n"] == 4  # "baseball field" is two words, not the label
+    assert scores["breakdown"] == {"airport": {"percent": 100.0, "n": 1}, "bareland": {"percent": 100.0, "n": 1},
+                                   "baseballfield": {"percent": 0.0, "n": 1}, "beach": {"percent": 100.0, "n": 1}}
 
 
 # -- shared metrics ----------------------------------------------------------------------------
@@ -174,12 +171,6 @@ def test_normalisation_and_text_scores():
 
 # -- ScienceQA ---------------------------------------------------------------------------------
 
-def _problem(question, choices, answer, hint, image, grade, subject, lecture="L.", solution="S."):
-    return {"question": question, "choices": choices, "answer": answer, "hint": hint,
-            "image": image, "task": "closed choice", "grade": grade, "subject": subject,
-            "lecture": lecture, "solution": solution, "split": "test"}
-
-
 @pytest.fixture
 def sqa_root(tmp_path):
     problems = {
@@ -196,13 +187,7 @@ def sqa_root(tmp_path):
         "5": _problem("Which map is right?", ["left", "right"], 0, "Maps.", "image.png",
                       "grade12", "social science"),
     }
-    (tmp_path / "problems.json").write_text(json.dumps(problems))
-    (tmp_path / "pid_splits.json").write_text(json.dumps({"train": [], "test": list(problems)}))
-    for pid in ("1", "4", "5"):
-        path = tmp_path / "images" / "test" / pid / "image.png"
-        path.parent.mkdir(parents=True)
-        Image.new("RGB", (4, 4)).save(path)
-    return tmp_path
+    return write_scienceqa(tmp_path, problems, {"train": [], "test": list(problems)})
 
 
 def test_scienceqa_prompts_exact(sqa_root):
@@ -246,12 +231,12 @@ def test_scienceqa_scores_and_breakdowns(sqa_root):
                    "4": "A.",                             # wrong  NAT IMG G1-6
                    "5": "The answer is A."}               # right  SOC TXT IMG G7-12
     s = score_scienceqa(predictions, examples)
-    assert s["Average"] == pytest.approx(60.0)
+    assert s["accuracy"] == pytest.approx(60.0) and s["n"] == 5
     expected = {"NAT": 50.0, "SOC": 50.0, "LAN": 100.0, "TXT": 100.0, "IMG": 200 / 3, "NO": 0.0,
                 "G1-6": 50.0, "G7-12": 200 / 3}
-    assert {k: s[k] for k in expected} == pytest.approx(expected)
-    assert s["n"] == {"Average": 5, "NAT": 2, "SOC": 2, "LAN": 1, "TXT": 3, "IMG": 3, "NO": 1,
-                      "G1-6": 2, "G7-12": 3}
+    assert {k: v["percent"] for k, v in s["breakdown"].items()} == pytest.approx(expected)
+    assert {k: v["n"] for k, v in s["breakdown"].items()} == {"NAT": 2, "SOC": 2, "LAN": 1, "TXT": 3, "IMG": 3,
+                                                               "NO": 1, "G1-6": 2, "G7-12": 3}
     assert score_scienceqa([predictions[e.pid] for e in examples], examples) == s
 
 
@@ -285,13 +270,6 @@ def test_scienceqa_missing_image_named(sqa_root):
 
 # -- Slake -------------------------------------------------------------------------------------
 
-def _slake_entry(qid, question, answer, answer_type, lang="en", img="xmlab1/source.jpg"):
-    return {"img_id": 1, "img_name": img, "question": question, "answer": answer,
-            "q_lang": lang, "location": "Lung", "modality": "CT", "answer_type": answer_type,
-            "base_type": "vqa", "content_type": "Organ", "triple": ["vhead", "_", "_"],
-            "qid": qid}
-
-
 @pytest.fixture
 def slake_root(tmp_path):
     entries = [_slake_entry(0, "Is this a CT image?", "Yes", "CLOSED"),
@@ -300,9 +278,7 @@ def slake_root(tmp_path):
                _slake_entry(3, "What organ is shown?", "Liver", "OPEN"),
                _slake_entry(4, "Where is the nodule?", "left lung", "OPEN"),
                _slake_entry(5, "这是什么?", "肝脏", "OPEN", lang="zh")]
-    (tmp_path / "test.json").write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
-    _jpeg(tmp_path / "imgs" / "xmlab1" / "source.jpg")
-    return tmp_path
+    return write_slake(tmp_path, {"test": entries})
 
 
 def test_slake_loads_english_and_scores(slake_root):
@@ -316,12 +292,15 @@ def test_slake_loads_english_and_scores(slake_root):
     s = score_slake(predictions, examples)
     # closed: "yes" found, "no" is not a word of "normal" -> 1/2
     # open:   hit 1,1,0; exact 1,0,0; F1 1, 1/2, 2/3; BLEU-1 1, 1/3, e^-1
-    assert s["closed_hit"] == pytest.approx(50.0)
-    assert s["open_hit"] == pytest.approx(200 / 3)
-    assert s["open_exact"] == pytest.approx(100 / 3)
-    assert s["open_f1"] == pytest.approx(100 * (1 + 0.5 + 2 / 3) / 3)
-    assert s["open_bleu1"] == pytest.approx(100 * (1 + 1 / 3 + math.exp(-1)) / 3)
-    assert (s["n_open"], s["n_closed"]) == (3, 2)
+    b = {k: v["percent"] for k, v in s["breakdown"].items()}
+    assert b["closed_hit"] == pytest.approx(50.0)
+    assert b["open_hit"] == pytest.approx(200 / 3)
+    assert b["open_exact"] == pytest.approx(100 / 3)
+    assert b["open_f1"] == pytest.approx(100 * (1 + 0.5 + 2 / 3) / 3)
+    assert b["open_bleu1"] == pytest.approx(100 * (1 + 1 / 3 + math.exp(-1)) / 3)
+    assert (s["breakdown"]["open_hit"]["n"], s["breakdown"]["closed_hit"]["n"]) == (3, 2)
+    # Headline: "gt in pred" over all five questions, 1 closed + 2 open hits.
+    assert s["accuracy"] == pytest.approx(60.0) and s["n"] == 5
 
 
 def test_slake_errors_name_file_and_key(slake_root):
@@ -339,6 +318,18 @@ def test_slake_errors_name_file_and_key(slake_root):
     (slake_root / "test.json").write_text(json.dumps(missing_image))
     with pytest.raises(DataError, match=r"entry 0: image file .*x.jpg is missing"):
         load_slake(slake_root)
+
+
+def test_every_scorer_returns_the_common_shape(sqa_root, tmp_path):
+    """The tuning pipeline reads only accuracy / n / metric / breakdown, whatever the task."""
+    sqa = load_scienceqa(sqa_root)
+    slake = load_slake(write_slake(tmp_path / "slake", {"test": [_slake_entry(0, "q?", "Yes", "CLOSED")]}))
+    aid = _examples([1] * 2)[:2]
+    for s in (score_aid(["x", "y"], aid), score_scienceqa(["?"] * len(sqa), sqa), score_slake(["no"], slake)):
+        assert set(s) == {"accuracy", "n", "metric", "breakdown"} and isinstance(s["n"], int)
+        assert isinstance(s["accuracy"], float) and s["metric"]
+        assert all(set(v) == {"percent", "n"} for v in s["breakdown"].values()) and s["breakdown"]
+    assert score_slake([], [])["accuracy"] is None  # nothing scored: no number rather than a fake 0
 
 
 # -- synthetic AID -----------------------------------------------------------------------------

@@ -211,3 +211,114 @@ def test_existing_run_needs_resume_and_same_settings(base, cache, tmp_path):
     with pytest.raises(SystemExit, match="lr=0.004 .now 0.1"):
         tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(out), resume=True,
                         **{**SMALL, "skip": 0, "max_test": 4, "finetune_epochs": 1, "lr": 0.1}))
+
+
+# -- ScienceQA and Slake: the tune pipeline on tiny sets in their real on-disk formats ---------------
+
+TASK_SMALL = dict(batch_size=8, val_batch=8, warmup_epochs=1, search_epochs=1, finetune_epochs=2, nas_every=1,
+                  eval_batch_size=32, skip=1, max_test=6)
+
+
+def _scienceqa_set(root: Path) -> Path:
+    """8 train / 4 val / 6 test problems mixing subjects, grades, hints (TXT) and images (IMG)."""
+    from fixture_data import sqa_problem, write_scienceqa
+    subjects = ("natural science", "social science", "language science")
+    problems, splits, pid = {}, {}, 0
+    for split, n in (("train", 8), ("val", 4), ("test", 6)):
+        splits[split] = []
+        for i in range(n):
+            pid += 1
+            problems[str(pid)] = sqa_problem(
+                f"Which word comes {i + 1}?", ["one", "two", "three"], i % 3, "Count." if i % 2 else "",
+                None if i % 3 == 2 else "image.png", f"grade{1 + 5 * pid % 12}", subjects[i % 3], split=split)
+            splits[split].append(str(pid))
+    return write_scienceqa(root, problems, splits, size=16)
+
+
+def _slake_set(root: Path, images: int | None = 3) -> Path:
+    """8 train / 4 validate / 6 test English questions (plus a Chinese one the loader drops), sharing
+    `images` image files (None: one file per question)."""
+    from fixture_data import slake_entry, write_slake
+    qa = (("Is this a CT image?", "Yes", "CLOSED"), ("Is the lung healthy?", "No", "CLOSED"),
+          ("Which organ is dark?", "Left Lung", "OPEN"), ("What organ is shown?", "Liver", "OPEN"))
+    qid, splits = 0, {}
+    for split, n in (("train", 8), ("validate", 4), ("test", 6)):
+        splits[split] = []
+        for i in range(n):
+            q, a, kind = qa[(i + qid) % 4]
+            splits[split].append(slake_entry(qid, q, a, kind, img=f"xmlab{qid if images is None else qid % images}/source.jpg"))
+            qid += 1
+    splits["train"].append(slake_entry(qid, "这是什么?", "肝脏", "OPEN", lang="zh"))
+    return write_slake(root, splits)
+
+
+def _check_task_report(report: dict, out: Path, parts: set[str]):
+    from eas.report import summary_lines
+    assert not report["synthetic"] and report["split"] == {"train": 8, "val": 4, "test": 6}
+    assert report["searched"] and len(report["skip_layers"]) == 1
+    for form in ("unmerged", "static", "dynamic"):
+        assert isinstance(report["accuracy"][form], float), form
+        assert report["results"][form]["n"] == 6 and set(report["results"][form]["breakdown"]) == parts
+    # Both merges are exact (static: routers fixed at 1/2 while tuning), so the answers are identical.
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    assert [r["static"] for r in rows] == [r["dynamic"] for r in rows] == [r["unmerged"] for r in rows]
+    assert report["accuracy"]["static"] == report["accuracy"]["dynamic"] == report["accuracy"]["unmerged"]
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["accuracy"] == report["accuracy"] and saved["results"]["static"]["breakdown"] == \
+        saved["results"]["unmerged"]["breakdown"]
+    md = (out / "report.md").read_text()
+    assert "## Breakdown" in md and all(f"| {p} |" in md for p in parts)
+    assert any("by part" in line for line in summary_lines(report))
+
+
+def test_scienceqa_end_to_end_tune(base, cache, tmp_path):
+    from eas.data.scienceqa import CATEGORIES
+    root = _scienceqa_set(tmp_path / "ScienceQA")
+    report = tune(TuneConfig(task="scienceqa", data_root=str(root), base=str(base), cache_dir=str(cache),
+                             out=str(tmp_path / "run"), **TASK_SMALL))
+    assert report["task"] == "scienceqa"
+    _check_task_report(report, tmp_path / "run", set(CATEGORIES))
+    counts = {k: v["n"] for k, v in report["results"]["unmerged"]["breakdown"].items()}
+    assert counts["NAT"] + counts["SOC"] + counts["LAN"] == counts["G1-6"] + counts["G7-12"] == 6
+    assert counts["NO"] == 1 and counts["TXT"] == 3 and counts["IMG"] == 4
+
+
+def test_slake_end_to_end_tune(base, cache, tmp_path):
+    root = _slake_set(tmp_path / "Slake")
+    report = tune(TuneConfig(task="slake", data_root=str(root), base=str(base), cache_dir=str(cache),
+                             out=str(tmp_path / "run"), **TASK_SMALL))
+    assert report["task"] == "slake"
+    _check_task_report(report, tmp_path / "run", {"closed_hit", "open_hit", "open_exact", "open_f1", "open_bleu1"})
+    b = report["results"]["unmerged"]["breakdown"]
+    assert b["closed_hit"]["n"] + b["open_hit"]["n"] == 6
+
+
+def test_batch_without_readable_image_is_skipped_not_fatal(base, cache, tmp_path):
+    """A training batch or a bandit validation batch whose every image is unreadable is skipped,
+    counted and named; before, the step raised ValueError and the bandit reward was 0/0 (NaN)."""
+    from eas.data import DataWarning
+    from eas.data.slake import load_slake
+    from eas.tune import _permutation
+    root = _slake_set(tmp_path / "Slake", images=None)  # one image file per question
+    train, val = load_slake(root, "train"), load_slake(root, "validate")
+    bad_train = [train[i].image for i in _permutation(len(train), 0, "finetune", 0)[:4]]  # fine-tune step 0
+    bad_val = [val[i].image for i in _permutation(len(val), 0, "val", 0)[:2]]  # bandit round 0
+    for path in bad_train + bad_val:
+        path.write_bytes(b"not a jpeg")
+    settings = dict(batch_size=4, val_batch=2, warmup_epochs=0, search_epochs=1, finetune_epochs=1, nas_every=1,
+                    candidates=2, skip=1, max_test=2)
+    with pytest.warns(DataWarning) as caught:
+        report = tune(TuneConfig(task="slake", data_root=str(root), base=str(base), cache_dir=str(cache),
+                                 out=str(tmp_path / "r"), **settings))
+    skipped = report["skipped_batches"]
+    assert len(skipped) == 2 and len(report["skipped_files"]) == 6
+    assert "bandit round 0 (search step 0)" in skipped[0] and str(bad_val[0]) in skipped[0]
+    assert "fine-tune" not in skipped[1] and "finetune step 0" in skipped[1] and str(bad_train[0]) in skipped[1]
+    assert sum("skipped the" in str(w.message) for w in caught) == 2
+    assert len(report["trajectories"]) == 1 + 1  # round 1 ran, on the next validation batch
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["bandit_skipped"] and "candidates" in log[1]
+    assert log[2] == {"stage": "finetune", "step": 0, "loss": None, "skipped_batch": True}
+    assert log[3]["loss"] is not None and all(r["loss"] is not None for r in log[:2])
+    assert "2 batch(es) skipped" in (tmp_path / "r" / "report.md").read_text()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eas.data import DataError, DataWarning
-from eas.data.metrics import normalize_answer, percent
+from eas.data.metrics import normalize_answer, task_scores
 
 AID_CLASS_DIRS = (
     "Airport", "BareLand", "BaseballField", "Beach", "Bridge", "Center", "Church", "Commercial",
@@ -202,7 +202,8 @@ def _stratified_counts(sizes: dict[str, int], fraction: float, low: int,
 
 
 def score_aid(predictions: Sequence[str], examples: Sequence[AidExample]) -> dict:
-    """Exact match of the normalised single word; accuracy in percent, overall and per class."""
+    """Exact match of the normalised single word: accuracy in percent, broken down per class
+    (eas.data.metrics.task_scores shape)."""
     if len(predictions) != len(examples):
         raise DataError(f"{len(predictions)} predictions for {len(examples)} AID examples")
     hits: Counter = Counter()
@@ -210,6 +211,6 @@ def score_aid(predictions: Sequence[str], examples: Sequence[AidExample]) -> dic
     for prediction, example in zip(predictions, examples):
         totals[example.label] += 1
         hits[example.label] += normalize_answer(prediction) == normalize_answer(example.label)
-    per_class = {label: percent(hits[label], totals[label]) for label in AID_LABELS if totals[label]}
-    return {"accuracy": percent(sum(hits.values()), len(examples)), "n": len(examples),
-            "per_class": per_class}
+    per_class = {label: (hits[label], totals[label]) for label in AID_LABELS if totals[label]}
+    return task_scores(sum(hits.values()), len(examples), per_class,
+                       "exact match of the normalised class label")

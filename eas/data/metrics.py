@@ -69,3 +69,16 @@ def bleu1(prediction: str, gold: str) -> float:
 def percent(hits: float, total: int) -> float | None:
     """100 * hits / total, or None for an empty category (no number is better than a fake 0)."""
     return 100.0 * hits / total if total else None
+
+
+def task_scores(hits: float, n: int, breakdown: dict[str, tuple[float, int]], metric: str) -> dict:
+    """The one result shape every task scorer returns, so the tuning pipeline never special-cases a task.
+
+    {"accuracy": percent of the n scored examples (None when n is 0), "n": n,
+     "metric": what `accuracy` counts, in words,
+     "breakdown": {name: {"percent": ..., "n": examples behind it}}} - the task's own categories or
+    secondary scores, from (summed per-example score in 0..1, count) pairs.
+    """
+    return {"accuracy": percent(hits, n), "n": n, "metric": metric,
+            "breakdown": {name: {"percent": percent(total, count), "n": count}
+                          for name, (total, count) in breakdown.items()}}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eas.data import DataError
-from eas.data.metrics import percent
+from eas.data.metrics import task_scores
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
@@ -151,10 +151,11 @@ def predicted_index(text: str, example: ScienceQAExample, seed: int = 0) -> int:
 
 def score_scienceqa(predictions: Mapping[str, str] | Sequence[str],
                     examples: Sequence[ScienceQAExample], seed: int = 0) -> dict:
-    """Accuracy in percent: "Average" and the official NAT/SOC/LAN, TXT/IMG/NO, G1-6/G7-12.
+    """Accuracy in percent over every question (the official "Average"), broken down into the
+    official NAT/SOC/LAN, TXT/IMG/NO, G1-6/G7-12 (eas.data.metrics.task_scores shape).
 
-    `predictions` is either pid -> generated text or a list aligned with `examples`. Empty
-    categories score None; "n" holds the question count of each category.
+    `predictions` is either pid -> generated text or a list aligned with `examples`. An empty
+    category scores None; each category carries its question count.
     """
     if isinstance(predictions, Mapping):
         missing = [e.pid for e in examples if e.pid not in predictions]
@@ -174,7 +175,5 @@ def score_scienceqa(predictions: Mapping[str, str] | Sequence[str],
         for category in example.categories:
             counts[category] += 1
             hits[category] += right
-    scores = {"Average": percent(correct, len(examples))}
-    scores.update({c: percent(hits[c], counts[c]) for c in CATEGORIES})
-    scores["n"] = {"Average": len(examples), **counts}
-    return scores
+    return task_scores(correct, len(examples), {c: (hits[c], counts[c]) for c in CATEGORIES},
+                       "answer letter correct (LaVIN's extraction, seeded random choice if none)")

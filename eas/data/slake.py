@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eas.data import DataError
-from eas.data.metrics import bleu1, contains_answer, exact_match, percent, token_f1
+from eas.data.metrics import bleu1, contains_answer, exact_match, task_scores, token_f1
 
 # "val" is accepted too, since that is what the other tasks call their validation split.
 SPLIT_FILES = {"train": "train.json", "validate": "validate.json", "val": "validate.json",
@@ -80,18 +80,19 @@ def load_slake(root: str | Path, split: str = "test", lang: str | None = "en",
 
 
 def score_slake(predictions: Sequence[str], examples: Sequence[SlakeExample]) -> dict:
-    """Percentages. Closed: "gt in pred" hit rate. Open: the same hit rate ("recall"), exact
-    match, token F1 and BLEU-1, averaged over open questions. All on normalised words."""
+    """Percentages on normalised words (eas.data.metrics.task_scores shape). The headline accuracy
+    is the "gt in pred" hit rate over every question, open and closed; the breakdown holds the
+    closed hit rate, the open hit rate ("recall") and the open exact match, token F1 and BLEU-1."""
     if len(predictions) != len(examples):
         raise DataError(f"{len(predictions)} predictions for {len(examples)} Slake questions")
     closed = [(p, e.answer) for p, e in zip(predictions, examples) if e.answer_type == "CLOSED"]
     open_ = [(p, e.answer) for p, e in zip(predictions, examples) if e.answer_type == "OPEN"]
-    return {
-        "closed_hit": percent(sum(contains_answer(p, g) for p, g in closed), len(closed)),
-        "open_hit": percent(sum(contains_answer(p, g) for p, g in open_), len(open_)),
-        "open_exact": percent(sum(exact_match(p, g) for p, g in open_), len(open_)),
-        "open_f1": percent(sum(token_f1(p, g) for p, g in open_), len(open_)),
-        "open_bleu1": percent(sum(bleu1(p, g) for p, g in open_), len(open_)),
-        "n_open": len(open_),
-        "n_closed": len(closed),
-    }
+    closed_hits = sum(contains_answer(p, g) for p, g in closed)
+    open_hits = sum(contains_answer(p, g) for p, g in open_)
+    return task_scores(closed_hits + open_hits, len(examples), {
+        "closed_hit": (closed_hits, len(closed)),
+        "open_hit": (open_hits, len(open_)),
+        "open_exact": (sum(exact_match(p, g) for p, g in open_), len(open_)),
+        "open_f1": (sum(token_f1(p, g) for p, g in open_), len(open_)),
+        "open_bleu1": (sum(bleu1(p, g) for p, g in open_), len(open_)),
+    }, "gold answer's words found in the generation ('gt in pred'), open and closed questions")
