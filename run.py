@@ -88,9 +88,10 @@ TUNE_HELP = {
     "llama": "Meta or Hugging Face LLaMA folder (with --clip, instead of --base)",
     "clip": "OpenAI CLIP checkpoint or converted folder (with --llama)",
     "out": "run folder: log.jsonl, state.pt, report.*, merged.pt",
-    "skip": "K attentions to skip (default: a quarter of the layers; 0 = adapter-only baseline)",
+    "skip": "K units to skip (default: a quarter of the layers; 0 = adapter-only baseline)",
     "skip_set": "comma-separated layers to skip, no search (e.g. 1,5)",
-    "unit": "search candidate unit (attention)",
+    "unit": "what a skipped layer loses: attention (EAS), ffn, or layer (as DAS); only attention merges "
+            "away completely",
     "warm_start": "fine-tune from the super-net's adapters instead of fresh ones",
     "merge": "the form written to merged.pt: static or dynamic",
     "max_test": "evaluate on the first N test examples only",

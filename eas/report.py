@@ -84,6 +84,8 @@ def markdown(r: dict) -> str:
         search = (f"\n## Search\n\nFinal preferences (high = more skippable), layer 0 first:\n`{r['preferences']}`\n\n"
                   f"Most important to most skippable: `{order}`\n\n![preference trajectories](preferences.png)\n")
     constants = r["router_constants"] or []
+    kept = ("holds no adapter modules" if r["unit"] == "attention" else
+            f"keeps PIA-S's rank-r Δ in place of each skipped {r['unit']}: nothing linear follows it to fold into")
     return f"""# EAS tuning report: {r['task']}{' (synthetic)' if r['synthetic'] else ''}
 {synthetic}
 Data: `{r['data']}` — {r['split']['train']} train / {r['split']['val']} val (search reward) /
@@ -100,8 +102,8 @@ holds {100 * r['kv_cache_share']:.0f} % of the base model's.
 Trainable parameters: {p['trainable']:,} ({100 * p['share_of_llm']:.3f} % of the LLM's {p['llm']:,};
 {100 * p['share_of_model']:.3f} % of LLM + ViT).
 
-`merged.pt` ({r['merged']['mode']} merge) holds no adapters; {len(constants)} router constants were
-folded into it (mean routing over the training data).
+`merged.pt` ({r['merged']['mode']} merge) {kept}; {len(constants)} router constants
+(each adapter's mean route over training examples, listed in report.json) were folded into it.
 {search}
 Timings (s): {r['timings_s']}
 

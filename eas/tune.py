@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .calibrate import calibrate_routes, clear_routes
 from .checkpoint import CheckpointError
-from .eas_model import EASConfig, add_adapters, freeze_routers, mark_trainable, set_skipped
+from .eas_model import UNITS, EASConfig, add_adapters, freeze_routers, mark_trainable, set_skipped
 from .lavin import IGNORE_INDEX
 from .merge import MODES, merge
 from .merged_io import save_merged
@@ -106,6 +106,8 @@ class Tuner:
         self.lead = self.rank == 0
         if cfg.merge not in MODES:
             raise SystemExit(f"error: --merge {cfg.merge!r}: choose one of {MODES}")
+        if cfg.unit not in UNITS:
+            raise SystemExit(f"error: --unit {cfg.unit!r}: choose one of {UNITS}")
         if self.lead:
             if self.state_path.exists() and not cfg.resume:
                 raise SystemExit(f"error: {self.state_path} exists from an earlier run; pass --resume to continue "
@@ -131,7 +133,8 @@ class Tuner:
             raise SystemExit(f"error: --batch-size {cfg.batch_size} must be at least ranks x accum "
                              f"({self.world} x {cfg.accum}) and at most the {len(self.task.train)} training examples")
         torch.manual_seed(cfg.seed)  # identical fresh adapters on every rank
-        add_adapters(self.model, EASConfig(adapter_dim=cfg.adapter_dim, skip_dim=cfg.skip_dim, dropout=cfg.dropout))
+        add_adapters(self.model, EASConfig(adapter_dim=cfg.adapter_dim, skip_dim=cfg.skip_dim, dropout=cfg.dropout,
+                                           unit=cfg.unit))
         mark_trainable(self.model)
         if cfg.merge == "static":
             freeze_routers(self.model)  # the static merge is then exact for the tuned model
@@ -140,10 +143,7 @@ class Tuner:
                 p.data = p.data.float()  # adapters train in fp32 next to a bf16 base
         llama.grad_checkpointing = cfg.grad_checkpointing
         self.initial = trainable_state_dict(self.model)
-        try:
-            self.target = skip_target(self.model, cfg.unit)
-        except ValueError as e:
-            raise SystemExit(f"error: --unit {cfg.unit}: {e}") from e
+        self.target = skip_target(self.model, cfg.unit)
         self.search = BanditSearch(self.n_units, max(self.k, 1), beta=cfg.beta, lr=cfg.search_lr,
                                    generator=torch.Generator().manual_seed(cfg.seed))
         self.spe = max(1, len(self.task.train) // cfg.batch_size)  # optimizer steps per epoch
@@ -360,7 +360,7 @@ class Tuner:
             "accuracy": {k: v["accuracy"] for k, v in results.items()}, "results": results,
             "params": trainable_report(model), "router_constants": forms["static"].merge_info["router_constants"],
             "merged": {"path": str(self.out / "merged.pt"), "mode": cfg.merge},
-            "kv_cache_share": (self.n_units - len(skip)) / self.n_units,
+            "kv_cache_share": len(shipped.llama.cfg.kept_layers) / self.n_units,
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
             "skipped_files": self.skipped_files, "skipped_batches": self.skipped_batches,
             "warnings": self.task.warnings, "world_size": self.world,

@@ -92,6 +92,26 @@ def test_tiny_end_to_end_tune(base, cache, tmp_path):
     assert [r["stage"] for r in log].count("search") == 9 and [r["stage"] for r in log].count("finetune") == 6
 
 
+@pytest.mark.parametrize("unit,kv_share", [("ffn", 1.0), ("layer", 0.75)])
+def test_ffn_and_layer_units_tune_end_to_end(unit, kv_share, base, cache, tmp_path):
+    """The Table 5 / DAS candidates: searched, fine-tuned and merged like attention, with the
+    skipped unit physically absent from merged.pt and the merged forms exact."""
+    report = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"),
+                             **{**SMALL, "unit": unit, "max_test": 12}))
+    (skipped,) = report["skip_layers"]
+    assert report["unit"] == unit and report["searched"] and report["kv_cache_share"] == kv_share
+    assert report["accuracy"]["static"] == report["accuracy"]["unmerged"] == report["accuracy"]["dynamic"]
+    block = load_merged(tmp_path / "r" / "merged.pt").llama.layers[skipped]
+    assert block.feed_forward is None and block.residual_adapter is not None
+    assert (block.attention is None) == (unit == "layer")
+    assert f"skipped {unit}" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_unknown_unit_is_refused(base, cache, tmp_path):
+    with pytest.raises(SystemExit, match="--unit 'head'"):
+        tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"), **{**SMALL, "unit": "head"}))
+
+
 def test_skip_zero_is_the_adapter_baseline(base, cache, tmp_path):
     report = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"),
                              **{**SMALL, "skip": 0, "max_test": 10, "merge": "dynamic"}))
