@@ -110,9 +110,10 @@ def main(argv=None):
         lines.append(f"| {name} | {r['prefill'] * 1e3:.2f} | {r['decode'] * 1e3:.3f} | {r['prefill'] / b['prefill']:.3f} "
                      f"| {r['decode'] / b['decode']:.3f} | {ideal[name] / ideal['base']:.3f} |")
     static, floor = res[f"EAS-{args.skip} static merged"], res[f"floor ({args.skip} attentions deleted)"]
-    gap = static["decode"] / floor["decode"] - 1
-    lines += ["", f"static merged vs floor, decode: {gap * 100:+.1f} % (target: within 3 %)", "",
-              f"Command: `{cmd.strip()}`"]
+    gaps = {k: static[k] / floor[k] - 1 for k in ("prefill", "decode")}
+    lines += [""] + [f"static merged vs floor, {k}: {g * 100:+.1f} % (target: within 3 %: "
+                     f"{'met' if abs(g) <= 0.03 else 'NOT met'})" for k, g in gaps.items()]
+    lines += ["", f"Command: `{cmd.strip()}`"]
     report = "\n".join(lines)
     print(report)
     if args.out:

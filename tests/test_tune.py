@@ -107,6 +107,19 @@ def test_ffn_and_layer_units_tune_end_to_end(unit, kv_share, base, cache, tmp_pa
     assert f"skipped {unit}" in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_searched_set_fine_tunes_like_the_same_fixed_set(base, cache, tmp_path):
+    """Fine-tuning depends on (seed, skip set) only, so searched-vs-random comparisons are paired:
+    the search's draws must not shift the fine-tune's dropout stream."""
+    small = {**SMALL, "max_test": 6}
+    searched = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "s"), **small))
+    fixed = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "f"),
+                            **{**small, "skip_set": tuple(searched["skip_layers"])}))
+    a = load_checkpoint(tmp_path / "s" / "adapters.pt")["adapters"]
+    b = load_checkpoint(tmp_path / "f" / "adapters.pt")["adapters"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not fixed["searched"] and fixed["accuracy"] == searched["accuracy"]
+
+
 def test_unknown_unit_is_refused(base, cache, tmp_path):
     with pytest.raises(SystemExit, match="--unit 'head'"):
         tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"), **{**SMALL, "unit": "head"}))
