@@ -10,25 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from .llama import Llama
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int = 0, device=None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token lists -> (tokens, positions, key_mask), each [B, T], pads first.
-
-    Left padding puts every example's last prompt token in the same column, which is what lets a
-    batch decode in lock-step; positions restart at 0 at each example's first real token.
-    """
-    if not seqs or any(len(s) == 0 for s in seqs):
-        raise ValueError("left_pad needs at least one sequence and no empty ones")
-    T = max(len(s) for s in seqs)
-    tokens = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    key_mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for b, s in enumerate(seqs):
-        tokens[b, T - len(s):] = torch.tensor(list(s), dtype=torch.long)
-        key_mask[b, T - len(s):] = True
-    positions = (key_mask.cumsum(1) - 1).clamp(min=0)
-    return tokens.to(device), positions.to(device), key_mask.to(device)
+from .tokenizer import left_pad  # noqa: F401  (callers batch prompts from here too)
 
 
 def nucleus_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

@@ -48,3 +48,17 @@ def test_missing_or_corrupt_model_names_the_file(tmp_path):
 def test_too_small_vocabulary_is_a_clear_error(tmp_path):
     with pytest.raises(TokenizerError, match="100-piece"):
         train_tokenizer(CORPUS, tmp_path / "small.model", vocab_size=100)
+
+
+def test_encode_batch_left_pads_with_masks(tok):
+    texts = ["a longer prompt than the other one", "short"]
+    tokens, positions, key_mask = tok.encode_batch(texts)
+    ids = [tok.encode(t, bos=True, eos=False) for t in texts]
+    T = max(map(len, ids))
+    assert tokens.shape == positions.shape == key_mask.shape == (2, T)
+    for row, seq in enumerate(ids):
+        pad = T - len(seq)
+        assert tokens[row, pad:].tolist() == seq and tokens[row, :pad].eq(tok.pad_id).all()
+        assert key_mask[row].tolist() == [False] * pad + [True] * len(seq)
+        assert positions[row, pad:].tolist() == list(range(len(seq)))
+        assert tok.decode(tokens[row][key_mask[row]].tolist()) == texts[row]
