@@ -290,6 +290,11 @@ def test_meta_errors_name_the_key(model, tmp_path):
     with pytest.raises(CheckpointError, match=r"layers\.0\.attention\.lora\.weight"):
         load_llama(tmp_path / "m")
 
+    write_meta(model, tmp_path / "w")
+    rewrite_meta(tmp_path / "w", lambda name, s: s.update({"layers.1.attention.wv.weight": torch.zeros(8, 64)}))
+    with pytest.raises(CheckpointError, match=r"layers\.1\.attention\.wv\.weight: checkpoint \(16, 64\) vs model"):
+        load_llama(tmp_path / "w")
+
     write_meta(model, tmp_path / "n")
     rewrite_meta(tmp_path / "n", lambda name, s: s["norm.weight"].add_(1.0 if name.endswith("01.pth") else 0.0))
     with pytest.raises(CheckpointError, match=r"consolidated\.01\.pth: replicated norm\.weight differs"):
@@ -310,6 +315,12 @@ def test_hf_errors_name_the_key(model, tmp_path):
     with pytest.raises(CheckpointError, match=r"missing keys: output\.weight") as err:
         load_llama(tmp_path / "h")
     assert "layers.1.feed_forward.w3.weight: checkpoint (176, 60) vs model (176, 64)" in str(err.value)
+
+    tensors = hf_tensors(model)
+    tensors["model.layers.0.self_attn.q_proj.lora_A.weight"] = torch.zeros(8)
+    save_file(tensors, tmp_path / "h" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"unexpected keys: model\.layers\.0\.self_attn\.q_proj\.lora_A\.weight"):
+        load_llama(tmp_path / "h")
 
     write_hf(model, tmp_path / "s", shards=2)
     (tmp_path / "s" / "model-00002-of-00002.safetensors").unlink()
