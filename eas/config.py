@@ -25,7 +25,8 @@ class LlamaConfig:
     skip_layers: tuple[int, ...] = ()
     # Layers whose FFN block is physically absent (the `ffn` and `layer` search units).
     skip_ffn_layers: tuple[int, ...] = ()
-    # Biases exist only after a merge folds adapters into these projections.
+    # Biases exist only after a merge folds adapters into these projections: q/k/v of every
+    # attention (PIA-A), W1/W3 only in layers whose attention is skipped (PIA-S).
     qkv_bias: bool = False
     ffn_bias: bool = False
 

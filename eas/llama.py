@@ -88,11 +88,11 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, bias: bool = False):
         super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.ffn_bias)
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=bias)
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.ffn_bias)
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=bias)
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
         """delta: optional correction of the concatenated [w1 x | w3 x] (merged adapters)."""
@@ -142,7 +142,7 @@ class Block(nn.Module):
         self.attention_norm = None if self.skipped else RMSNorm(cfg.dim, cfg.norm_eps)
         self.attention = None if self.skipped else Attention(cfg)
         self.ffn_norm = None if self.ffn_skipped else RMSNorm(cfg.dim, cfg.norm_eps)
-        self.feed_forward = None if self.ffn_skipped else FeedForward(cfg)
+        self.feed_forward = None if self.ffn_skipped else FeedForward(cfg, bias=cfg.ffn_bias and self.skipped)
         self.adapter_attn = self.adapter_skip = self.attn_delta = self.ffn_delta = self.residual_adapter = None
 
     def _delta(self, module, xn, ctx: Context):

@@ -141,7 +141,7 @@ def _merge_layer(block, mode: str) -> dict[str, torch.Tensor]:
 
 
 def _ffn_biases(ffn) -> dict[str, torch.Tensor]:
-    """Merged configs give W1/W3 biases to every FFN; a base FFN has none (zeros)."""
+    """W1/W3 biases of a skipped layer's FFN, to merge PIA-S into; a base FFN has none (zeros)."""
     return {f"feed_forward.{n}.bias": getattr(ffn, n).bias.float() if getattr(ffn, n).bias is not None
             else ffn.w2.weight.new_zeros(getattr(ffn, n).out_features, dtype=torch.float32) for n in ("w1", "w3")}
 
@@ -149,8 +149,7 @@ def _ffn_biases(ffn) -> dict[str, torch.Tensor]:
 def _ffn_state(block) -> dict[str, torch.Tensor]:
     ffn = block.feed_forward
     return {"ffn_norm.weight": block.ffn_norm.weight.float(),
-            **{f"feed_forward.{n}.weight": getattr(ffn, n).weight.float() for n in ("w1", "w2", "w3")},
-            **_ffn_biases(ffn)}
+            **{f"feed_forward.{n}.weight": getattr(ffn, n).weight.float() for n in ("w1", "w2", "w3")}}
 
 
 def _residual_state(pia: PIA, gain: torch.Tensor, mode: str) -> dict[str, torch.Tensor]:

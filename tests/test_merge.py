@@ -112,7 +112,7 @@ def test_merged_model_is_plain_and_smaller(gen):
         assert all(merged.layers[i].attention is None for i in SKIP)
         attn = sum(p.numel() for p in model.layers[0].attention.parameters()) + cfg.dim  # + attention_norm
         qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
-        biases = (cfg.n_layers - len(SKIP)) * qkv + cfg.n_layers * 2 * cfg.hidden_dim
+        biases = (cfg.n_layers - len(SKIP)) * qkv + len(SKIP) * 2 * cfg.hidden_dim  # q/k/v kept, W1/W3 skipped
         if mode == "static":  # per-example bias generator of each skipped layer
             extras = len(SKIP) * (cfg.dim * r_s + r_s + 2 * cfg.hidden_dim * r_s)
         else:  # routed rank-2r corrections: down (+pool), router, up, route bias
