@@ -6,11 +6,13 @@ import os
 
 import torch
 
-from .checkpoint import load_state_strict
+from .checkpoint import CheckpointError, load_state_strict
 from .config import LavinConfig, LlamaConfig
 from .merge import build_merged
 
 FORMAT = "eas-merged"
+# 2: W1/W3 biases only in layers whose attention is skipped; skip_ffn_layers and residual adapters.
+VERSION = 2
 
 
 def save_merged(model, path, tokenizer: str | None = None) -> None:
@@ -22,7 +24,7 @@ def save_merged(model, path, tokenizer: str | None = None) -> None:
         raise ValueError("save_merged wants the output of eas.merge.merge()")
     llama = getattr(model, "llama", model)
     tmp = f"{path}.tmp"
-    torch.save({"format": FORMAT, "version": 1, "kind": type(model.cfg).__name__,
+    torch.save({"format": FORMAT, "version": VERSION, "kind": type(model.cfg).__name__,
                 "config": dataclasses.asdict(model.cfg), "skip_layers": list(llama.cfg.skip_layers),
                 "merge": info, "tokenizer": tokenizer, "state_dict": model.state_dict()}, tmp)
     os.replace(tmp, path)  # atomic: an interrupted save never leaves a truncated merged.pt
@@ -33,12 +35,16 @@ def load_merged(path, device="cpu"):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except (OSError, RuntimeError) as e:
-        raise ValueError(f"cannot read merged checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot read merged checkpoint {path}: {e}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an EAS merged checkpoint (no format={FORMAT!r})")
+        raise CheckpointError(f"{path} is not an EAS merged checkpoint (no format={FORMAT!r})")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path} is merged.pt version {ckpt.get('version')}; this code reads version {VERSION}: "
+                         f"re-merge it by running its `python run.py tune ...` command again with --resume (a finished run "
+                         f"re-evaluates from its state.pt and writes a new merged.pt)")
     kinds = {"LlamaConfig": LlamaConfig, "LavinConfig": LavinConfig}
     if ckpt.get("kind") not in kinds:
-        raise ValueError(f"{path}: unknown model kind {ckpt.get('kind')!r}; expected one of {sorted(kinds)}")
+        raise CheckpointError(f"{path}: unknown model kind {ckpt.get('kind')!r}; expected one of {sorted(kinds)}")
     model = build_merged(kinds[ckpt["kind"]](**ckpt["config"]), ckpt["merge"])
     load_state_strict(model, ckpt["state_dict"], str(path), keep_dtype=True)
     getattr(model, "llama", model).init_buffers(torch.device(device))

@@ -285,7 +285,8 @@ class Tuner:
             try:
                 total = torch.zeros(2, dtype=torch.float64, device=self.device)
                 if batch:
-                    loss_sum, count = _loss_sum(self.model, batch)
+                    with autocast_context(self.device):  # a bf16 base next to fp32 adapters, as in training
+                        loss_sum, count = _loss_sum(self.model, batch)
                     total += torch.stack([loss_sum.double(), torch.tensor(float(count), device=self.device)])
                 if self.world > 1:
                     dist.all_reduce(total)
@@ -339,7 +340,8 @@ class Tuner:
         calibration = [self._prepare(self.task.train[i:i + cfg.eval_batch_size])
                        for i in range(0, min(len(self.task.train), 512), cfg.eval_batch_size)]
         calibration = [b for b in calibration if b]
-        calibrate_routes(model, calibration, forward=lambda m, b: m(*b))
+        with autocast_context(self.device):
+            calibrate_routes(model, calibration, forward=lambda m, b: m(*b))
         forms["static"] = merge(model, "static")
         clear_routes(model)
         predictions, results = {}, {}

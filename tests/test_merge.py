@@ -137,6 +137,10 @@ def test_merge_twice_is_merge_once_and_roundtrips(gen, tmp_path):
     emb, pos, vis = prompt_batch(model, [6, 3], gen)
     assert torch.equal(greedy(loaded, emb, pos, vis, 4)[0], greedy(once, emb, pos, vis, 4)[0])
     assert loaded.cfg.skip_layers == SKIP and loaded.tokenizer_ref == str(tmp_path / "tokenizer.model")
+    old = torch.load(tmp_path / "merged.pt", weights_only=True)
+    torch.save({**old, "version": 1}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="version 1; this code reads version 2"):
+        load_merged(tmp_path / "old.pt")
 
 
 def test_merge_leaves_the_source_model_alone(gen):
