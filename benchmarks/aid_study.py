@@ -27,7 +27,13 @@ from eas.tune import TuneConfig, tune  # noqa: E402
 def run(name: str, runs: Path, resume: bool, **settings) -> dict:
     out = runs / name
     if (out / "report.json").is_file() and resume:
-        return json.loads((out / "report.json").read_text())
+        report = json.loads((out / "report.json").read_text())
+        wanted = {**settings, "skip_set": list(settings["skip_set"]) if settings.get("skip_set") else None}
+        stale = {k: (report["config"].get(k), v) for k, v in wanted.items() if report["config"].get(k) != v}
+        if stale:
+            raise SystemExit(f"error: {out} was run with other settings {stale} (theirs, wanted): "
+                             f"remove it or pass another --runs")
+        return report
     print(f"\n=== {name}: {settings}", flush=True)
     return tune(TuneConfig(out=str(out), resume=resume, **settings))
 

@@ -101,6 +101,8 @@ FLOPs ratios and why the gaps shrink at the wider model."""
 def bench_size(args, size: str) -> str:
     gen = torch.Generator().manual_seed(0)
     cfg = LlamaConfig(**SIZES[size])
+    if not 0 < args.skip < cfg.n_layers:
+        raise SystemExit(f"error: --skip {args.skip}: choose 1..{cfg.n_layers - 1} for --size {size}")
     skip = tuple(range(1, cfg.n_layers, max(1, cfg.n_layers // args.skip)))[: args.skip]
     base = Llama(cfg).init_weights(gen).eval()
     eas_cfg = EASConfig(adapter_dim=8, skip_dim=32, skip_layers=skip)
