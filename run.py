@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from eas.config import LavinConfig
-from eas.image import load_image
-from eas.lavin import Lavin
-from eas.tokenizer import Tokenizer
+from eas.model.config import LavinConfig
+from eas.model.image import load_image
+from eas.model.lavin import Lavin
+from eas.model.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent
 TINY = ROOT / "weights" / "tiny"
@@ -32,13 +32,13 @@ def load_for_generation(model: str | None, random_init: bool, tokenizer: str | N
     if not path.exists():
         raise SystemExit(f"error: model {path} not found (pass --model DIR|merged.pt, or --random)")
     if path.is_file():
-        from eas.merged_io import load_merged
+        from eas.io.merged import load_merged
         net = load_merged(path)
         tok_path = tok_path or (Path(net.tokenizer_ref) if net.tokenizer_ref else None)
     elif (path / "params.json").exists() or (path / "config.json").exists():
-        from eas.load_llama import detect_format, load_llama
+        from eas.io.load_llama import detect_format, load_llama
         if detect_format(path) == "eas":
-            from eas.checkpoint import load_model
+            from eas.io.checkpoint import load_model
             net = load_model(path)
             tok_path = tok_path or path / "tokenizer.model"
         else:
@@ -69,7 +69,7 @@ def generate(prompt: str, image: str | None = None, model: str | None = None, ra
     else:
         if image is not None:
             raise SystemExit("error: --image needs a multimodal (LaVIN) model; this one is a text-only LLaMA")
-        from eas.generate import generate as generate_tokens, left_pad
+        from eas.model.generate import generate as generate_tokens, left_pad
         tokens, positions, key_mask = left_pad([tok.encode(prompt, bos=True, eos=False)])
         with torch.no_grad():
             out = generate_tokens(net, net.tok_embeddings(tokens), positions, key_mask, max_new_tokens,
@@ -118,8 +118,8 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def tune(**kwargs) -> dict:
-    from eas.report import summary_lines
-    from eas.tune import TuneConfig, tune as run_tune
+    from eas.tune.report import summary_lines
+    from eas.tune.pipeline import TuneConfig, tune as run_tune
     report = run_tune(TuneConfig(**kwargs))
     if report:
         print("\n".join(summary_lines(report)))
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="run.py", description="EAS: parameter- and computation-efficient tuning "
                                  "of LaVIN-style multimodal LLMs (Effective Attention Skipping).")
     sub = ap.add_subparsers(dest="command", required=True)
-    from eas.tune import TuneConfig
+    from eas.tune.pipeline import TuneConfig
     t = sub.add_parser("tune", help="EAS recipe end to end: search, fine-tune, evaluate, merge -> merged.pt")
     _add_dataclass_args(t, TuneConfig)
     g = sub.add_parser("generate", help="answer a prompt (optionally about an image)")
@@ -147,10 +147,10 @@ def main(argv=None) -> int:
     args = vars(ap.parse_args(argv))
     command = args.pop("command")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
-    from eas.checkpoint import CheckpointError
+    from eas.io.checkpoint import CheckpointError
     from eas.data import DataError
-    from eas.image import ImageError
-    from eas.tokenizer import TokenizerError
+    from eas.model.image import ImageError
+    from eas.model.tokenizer import TokenizerError
     try:
         {"generate": generate, "tune": tune}[command](**args)
     except (CheckpointError, DataError, ImageError, TokenizerError) as e:  # bad input: a message, not a traceback

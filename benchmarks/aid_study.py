@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eas.tune import TuneConfig, tune  # noqa: E402
+from eas.tune.pipeline import TuneConfig, tune  # noqa: E402
 
 
 def run(name: str, runs: Path, resume: bool, **settings) -> dict:

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eas.config import LlamaConfig  # noqa: E402
-from eas.eas_model import EASConfig, add_adapters  # noqa: E402
-from eas.llama import Llama  # noqa: E402
-from eas.calibrate import calibrate_routes, clear_routes  # noqa: E402
-from eas.merge import delete_attention, merge  # noqa: E402
-from eas.pia import PIA  # noqa: E402
+from eas.model.config import LlamaConfig  # noqa: E402
+from eas.adapters.attach import EASConfig, add_adapters  # noqa: E402
+from eas.model.llama import Llama  # noqa: E402
+from eas.adapters.calibrate import calibrate_routes, clear_routes  # noqa: E402
+from eas.adapters.merge import delete_attention, merge  # noqa: E402
+from eas.adapters.pia import PIA  # noqa: E402
 
 SIZES = {"bench": dict(dim=512, n_layers=8, n_heads=8, vocab_size=4000, multiple_of=64, max_seq_len=512),
          "bench-1024": dict(dim=1024, n_layers=8, n_heads=16, vocab_size=4000, multiple_of=64, max_seq_len=512)}

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .eas_model import UNITS, set_skipped
+from eas.adapters.attach import UNITS, set_skipped
 
 Subnet = tuple[int, ...]
 

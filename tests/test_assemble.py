@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from eas.assemble import assemble_lavin
-from eas.config import LlamaConfig, VisionConfig
-from eas.llama import Llama
-from eas.vit import VisionTransformer
+from eas.io.assemble import assemble_lavin
+from eas.model.config import LlamaConfig, VisionConfig
+from eas.model.llama import Llama
+from eas.model.vit import VisionTransformer
 from test_checkpoints import write_meta
 
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from eas.checkpoint import CheckpointError, load_model, save_model
-from eas.config import LlamaConfig
-from eas.llama import Llama
-from eas.load_llama import load_llama
+from eas.io.checkpoint import CheckpointError, load_model, save_model
+from eas.model.config import LlamaConfig
+from eas.model.llama import Llama
+from eas.io.load_llama import load_llama
 
 REPO = Path(__file__).resolve().parents[1]
 # fairscale layout of Meta's release: embedding width, column-parallel rows, row-parallel columns.

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 import run
-from eas.checkpoint import save_model
-from eas.config import LavinConfig, LlamaConfig, VisionConfig
-from eas.lavin import Lavin
-from eas.tokenizer import Tokenizer
+from eas.io.checkpoint import save_model
+from eas.model.config import LavinConfig, LlamaConfig, VisionConfig
+from eas.model.lavin import Lavin
+from eas.model.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "weights" / "tiny" / "tokenizer.model"
@@ -40,7 +40,7 @@ def test_generate_with_saved_model_and_image_matches_library(tmp_path):
     Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "red.png")
     text = run.generate("Question: colour?\nResponse:", image=str(tmp_path / "red.png"), model=str(tmp_path / "m"),
                         max_new_tokens=6)
-    from eas.image import load_image
+    from eas.model.image import load_image
     batch = model.build_batch(tok, [("Question: colour?\nResponse:", None, True)])
     ref = model.generate(batch, load_image(tmp_path / "red.png", 32)[None], 6, eos_id=tok.eos_id)[0]
     assert text == tok.decode(ref)

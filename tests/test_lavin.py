@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eas.config import LavinConfig, LlamaConfig, VisionConfig
-from eas.generate import generate, left_pad, nucleus_probs
-from eas.lavin import IGNORE_INDEX, Lavin, lm_loss
-from eas.llama import Llama
-from eas.tokenizer import train_tokenizer
+from eas.model.config import LavinConfig, LlamaConfig, VisionConfig
+from eas.model.generate import generate, left_pad, nucleus_probs
+from eas.model.lavin import IGNORE_INDEX, Lavin, lm_loss
+from eas.model.llama import Llama
+from eas.model.tokenizer import train_tokenizer
 
 VOCAB = 400  # byte fallback alone needs 259 pieces
 CFG = LavinConfig(llama=LlamaConfig.named("test", vocab_size=VOCAB), vision=VisionConfig.named("test"))

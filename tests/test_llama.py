@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from eas.config import LlamaConfig
-from eas.llama import Llama
+from eas.model.config import LlamaConfig
+from eas.model.llama import Llama
 
 
 def naive_pia_delta(pia, xn: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:

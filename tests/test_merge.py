@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from eas.config import LlamaConfig
-from eas.eas_model import EASConfig, add_adapters, mark_trainable, set_skipped
-from eas.llama import Llama
-from eas.calibrate import calibrate_routes, clear_routes
-from eas.merge import merge
-from eas.merged_io import load_merged, save_merged
-from eas.pia import PIA
+from eas.model.config import LlamaConfig
+from eas.adapters.attach import EASConfig, add_adapters, mark_trainable, set_skipped
+from eas.model.llama import Llama
+from eas.adapters.calibrate import calibrate_routes, clear_routes
+from eas.adapters.merge import merge
+from eas.io.merged import load_merged, save_merged
+from eas.adapters.pia import PIA
 from test_pia import random_gains
 
 SKIP = (1, 2)

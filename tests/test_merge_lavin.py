@@ -4,14 +4,14 @@ import pydoc_data.topics
 import pytest
 import torch
 
-from eas.calibrate import calibrate_routes, clear_routes
-from eas.config import LavinConfig, LlamaConfig, VisionConfig
-from eas.eas_model import EASConfig, add_adapters
-from eas.lavin import Lavin
-from eas.merge import merge
-from eas.merged_io import load_merged, save_merged
-from eas.pia import PIA
-from eas.tokenizer import train_tokenizer
+from eas.adapters.calibrate import calibrate_routes, clear_routes
+from eas.model.config import LavinConfig, LlamaConfig, VisionConfig
+from eas.adapters.attach import EASConfig, add_adapters
+from eas.model.lavin import Lavin
+from eas.adapters.merge import merge
+from eas.io.merged import load_merged, save_merged
+from eas.adapters.pia import PIA
+from eas.model.tokenizer import train_tokenizer
 
 CFG = LavinConfig(llama=LlamaConfig.named("test", vocab_size=400), vision=VisionConfig.named("test"))
 EXAMPLES = [("What is the label for this image?\nResponse:", None, True), ("Hi there", None, False),

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from eas.config import LavinConfig
-from eas.eas_model import EASConfig, add_adapters, set_skipped
-from eas.lavin import Lavin
-from eas.params import trainable_report
+from eas.model.config import LavinConfig
+from eas.adapters.attach import EASConfig, add_adapters, set_skipped
+from eas.model.lavin import Lavin
+from eas.adapters.params import trainable_report
 
 PIA_A, PIA_S, SHARED = 81_930, 409_666, 1_159_536  # eas_method.md §1.6
 

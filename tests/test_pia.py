@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from eas.config import LlamaConfig
-from eas.eas_model import EASConfig, add_adapters
-from eas.llama import Llama
-from eas.pia import PIA
+from eas.model.config import LlamaConfig
+from eas.adapters.attach import EASConfig, add_adapters
+from eas.model.llama import Llama
+from eas.adapters.pia import PIA
 from test_llama import naive_logits, rel_err
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from eas.config import LlamaConfig
-from eas.eas_model import EASConfig, add_adapters, set_skipped
-from eas.llama import Llama
+from eas.model.config import LlamaConfig
+from eas.adapters.attach import EASConfig, add_adapters, set_skipped
+from eas.model.llama import Llama
 from eas.search import BanditSearch, bandit_round, broadcast_subnets, score_subnets, skip_target
 
 # Synthetic task: skipping unit i costs PENALTY[i]; units 2, 5, 6 are (almost) free to skip.

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.skipif(not (TINY / "model.safetensors").exists(),
 
 @pytest.fixture(scope="module")
 def base():
-    from eas.checkpoint import load_model
-    from eas.lavin import Lavin
-    from eas.tokenizer import Tokenizer
+    from eas.io.checkpoint import load_model
+    from eas.model.lavin import Lavin
+    from eas.model.tokenizer import Tokenizer
     model = load_model(TINY, dtype=torch.float32).eval()
     assert isinstance(model, Lavin)
     return model, Tokenizer(TINY / "tokenizer.model")

@@ -4,7 +4,7 @@ import pydoc_data.topics
 import pytest
 import sentencepiece as spm
 
-from eas.tokenizer import Tokenizer, TokenizerError, train_tokenizer
+from eas.model.tokenizer import Tokenizer, TokenizerError, train_tokenizer
 
 CORPUS = list(pydoc_data.topics.topics.values())[:8]
 

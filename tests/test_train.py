@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from eas.checkpoint import CheckpointError
-from eas.config import LlamaConfig
-from eas.eas_model import EASConfig, add_adapters, mark_trainable
-from eas.llama import Llama
-from eas.train import (TrainState, autocast_context, load_checkpoint, load_trainable_state, lr_at,
+from eas.io.checkpoint import CheckpointError
+from eas.model.config import LlamaConfig
+from eas.adapters.attach import EASConfig, add_adapters, mark_trainable
+from eas.model.llama import Llama
+from eas.tune.train import (TrainState, autocast_context, load_checkpoint, load_trainable_state, lr_at,
                        make_optimizer, param_groups, save_checkpoint, train_step, trainable_state_dict)
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from eas.checkpoint import save_model
-from eas.config import LavinConfig
-from eas.lavin import Lavin
-from eas.merged_io import load_merged
-from eas.tokenizer import Tokenizer
-from eas.train import load_checkpoint
-from eas.tune import TuneConfig, tune
+from eas.io.checkpoint import save_model
+from eas.model.config import LavinConfig
+from eas.model.lavin import Lavin
+from eas.io.merged import load_merged
+from eas.model.tokenizer import Tokenizer
+from eas.tune.train import load_checkpoint
+from eas.tune.pipeline import TuneConfig, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "weights" / "tiny" / "tokenizer.model"
@@ -81,7 +81,7 @@ def test_tiny_end_to_end_tune(base, cache, tmp_path):
     assert merged.llama.layers[skipped].attention is None
     assert not any("adapter_attn" in k or "adapter_skip" in k for k in merged.state_dict())
     tok = Tokenizer(merged.tokenizer_ref)
-    from eas.tasks import load_pixels
+    from eas.data.tasks import load_pixels
     from eas.data.aid import scan_aid, paper_split
     split = paper_split(scan_aid(report["data"]).examples, "50", seed=0)
     examples, pixels = load_pixels(split.test[:8], merged.cfg.vision.image_size, [])
@@ -286,7 +286,7 @@ def _slake_set(root: Path, images: int | None = 3) -> Path:
 
 
 def _check_task_report(report: dict, out: Path, parts: set[str]):
-    from eas.report import summary_lines
+    from eas.tune.report import summary_lines
     assert not report["synthetic"] and report["split"] == {"train": 8, "val": 4, "test": 6}
     assert report["searched"] and len(report["skip_layers"]) == 1
     for form in ("unmerged", "static", "dynamic"):
@@ -332,7 +332,7 @@ def test_batch_without_readable_image_is_skipped_not_fatal(base, cache, tmp_path
     counted and named; before, the step raised ValueError and the bandit reward was 0/0 (NaN)."""
     from eas.data import DataWarning
     from eas.data.slake import load_slake
-    from eas.tune import _permutation
+    from eas.tune.pipeline import _permutation
     root = _slake_set(tmp_path / "Slake", images=None)  # one image file per question
     train, val = load_slake(root, "train"), load_slake(root, "validate")
     bad_train = [train[i].image for i in _permutation(len(train), 0, "finetune", 0)[:4]]  # fine-tune step 0

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from eas.checkpoint import CheckpointError
-from eas.config import VisionConfig
-from eas.image import ImageError, load_image
-from eas.load_clip import load_openai_clip, load_vision
-from eas.vit import VisionTransformer
+from eas.io.checkpoint import CheckpointError
+from eas.model.config import VisionConfig
+from eas.model.image import ImageError, load_image
+from eas.io.load_clip import load_openai_clip, load_vision
+from eas.model.vit import VisionTransformer
 
 # Heads 64 wide, as in every OpenAI ViT, so the loader's shape inference applies.
 CLIP_CFG = VisionConfig(image_size=32, patch_size=8, width=128, layers=2, heads=2, output_dim=24)

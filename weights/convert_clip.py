@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a sc
 
 import torch  # noqa: E402
 
-from eas.load_clip import load_openai_clip, save_vision  # noqa: E402
+from eas.io.load_clip import load_openai_clip, save_vision  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

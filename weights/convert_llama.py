@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script without installing eas
 
-from eas.checkpoint import CheckpointError, save_model  # noqa: E402
-from eas.load_llama import detect_format, load_llama  # noqa: E402
+from eas.io.checkpoint import CheckpointError, save_model  # noqa: E402
+from eas.io.load_llama import detect_format, load_llama  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

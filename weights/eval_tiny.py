@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_data  # noqa: E402
 from pretrain_tiny import BLOCK_LEN, IMAGE_BATCH, TEXT_BATCH, image_batch, text_blocks  # noqa: E402
-from eas.checkpoint import load_model  # noqa: E402
-from eas.tokenizer import Tokenizer  # noqa: E402
+from eas.io.checkpoint import load_model  # noqa: E402
+from eas.model.tokenizer import Tokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -29,11 +29,11 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_data  # noqa: E402
-from eas.checkpoint import save_model  # noqa: E402
-from eas.config import LavinConfig, LlamaConfig  # noqa: E402
-from eas.image import preprocess  # noqa: E402
-from eas.lavin import Lavin, lm_loss  # noqa: E402
-from eas.tokenizer import Tokenizer  # noqa: E402
+from eas.io.checkpoint import save_model  # noqa: E402
+from eas.model.config import LavinConfig, LlamaConfig  # noqa: E402
+from eas.model.image import preprocess  # noqa: E402
+from eas.model.lavin import Lavin, lm_loss  # noqa: E402
+from eas.model.tokenizer import Tokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BLOCK_LEN, TEXT_BATCH, IMAGE_BATCH = 128, 8, 24

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import LlamaConfig
+from eas.model.config import LlamaConfig
 
 
 class KVCache:

@@ -30,16 +30,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .calibrate import calibrate_routes, clear_routes
-from .checkpoint import CheckpointError
-from .eas_model import UNITS, EASConfig, add_adapters, freeze_routers, mark_trainable, set_skipped
-from .lavin import IGNORE_INDEX
-from .merge import MODES, merge
-from .merged_io import save_merged
-from .params import trainable_report
-from .search import BanditSearch, bandit_round, broadcast_subnets, skip_target
-from .tasks import DataWarning, load_pixels, load_task
-from .train import (TrainState, autocast_context, load_checkpoint, load_trainable_state, lr_at, make_optimizer,
+from eas.adapters.calibrate import calibrate_routes, clear_routes
+from eas.io.checkpoint import CheckpointError
+from eas.adapters.attach import UNITS, EASConfig, add_adapters, freeze_routers, mark_trainable, set_skipped
+from eas.model.lavin import IGNORE_INDEX
+from eas.adapters.merge import MODES, merge
+from eas.io.merged import save_merged
+from eas.adapters.params import trainable_report
+from eas.search import BanditSearch, bandit_round, broadcast_subnets, skip_target
+from eas.data.tasks import DataWarning, load_pixels, load_task
+from eas.tune.train import (TrainState, autocast_context, load_checkpoint, load_trainable_state, lr_at, make_optimizer,
                     save_checkpoint, train_step, trainable_state_dict)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,7 +328,7 @@ class Tuner:
     # ------------------------------------------------------------------------ stage: evaluate
     @torch.no_grad()
     def _stage_evaluate(self) -> dict:
-        from .report import write_report
+        from eas.tune.report import write_report
         t0 = time.monotonic()
         model, cfg = self.model.eval(), self.cfg
         skip = self.chosen()
@@ -579,10 +579,10 @@ class _rank_zero_first:
 
 def _load_base(cfg: TuneConfig, device: torch.device):
     """-> (Lavin, Tokenizer, tokenizer path); the frozen base in bf16 on GPU, fp32 on CPU."""
-    from .assemble import assemble_lavin
-    from .checkpoint import load_model
-    from .lavin import Lavin
-    from .tokenizer import Tokenizer
+    from eas.io.assemble import assemble_lavin
+    from eas.io.checkpoint import load_model
+    from eas.model.lavin import Lavin
+    from eas.model.tokenizer import Tokenizer
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if cfg.llama or cfg.clip:
         if not (cfg.llama and cfg.clip):

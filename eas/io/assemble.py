@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from .config import LavinConfig
-from .lavin import Lavin
-from .load_clip import load_vision
-from .load_llama import load_llama
+from eas.model.config import LavinConfig
+from eas.model.lavin import Lavin
+from eas.io.load_clip import load_vision
+from eas.io.load_llama import load_llama
 
 
 def assemble_lavin(llama_dir: str | Path, clip: str | Path, dtype: torch.dtype = torch.float32,

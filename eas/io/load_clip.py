@@ -17,9 +17,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CONFIG_FILE, CheckpointError, load_state_strict
-from .config import VisionConfig, load_config, save_config
-from .vit import VisionTransformer
+from eas.io.checkpoint import CONFIG_FILE, CheckpointError, load_state_strict
+from eas.model.config import VisionConfig, load_config, save_config
+from eas.model.vit import VisionTransformer
 
 VISION_FILE = "vision.safetensors"
 VISUAL_PREFIX = "visual."

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VisionConfig
+from eas.model.config import VisionConfig
 
 
 class LayerNorm(nn.LayerNorm):

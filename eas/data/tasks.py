@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError, DataWarning, open_image
-from .data.aid import paper_split, scan_aid, score_aid
-from .data.synthetic_aid import SYNTHETIC_NOTICE, ensure_synthetic_aid
-from .image import preprocess
+from eas.data import DataError, DataWarning, open_image
+from eas.data.aid import paper_split, scan_aid, score_aid
+from eas.data.synthetic_aid import SYNTHETIC_NOTICE, ensure_synthetic_aid
+from eas.model.image import preprocess
 
 TASKS = ("aid", "scienceqa", "slake")
 
@@ -46,11 +46,11 @@ def load_task(name: str, data_root: str | None, *, cache_dir: str | Path, settin
     if data_root is None:
         raise DataError(f"--task {name} needs --data-root (only AID has a synthetic stand-in)")
     if name == "scienceqa":
-        from .data.scienceqa import load_scienceqa, score_scienceqa
+        from eas.data.scienceqa import load_scienceqa, score_scienceqa
         parts = [load_scienceqa(data_root, split) for split in ("train", "val", "test")]
         # The answer sentence comes first in the QCM->ALE target; 16 tokens reach it.
         return TaskData(name, *parts, score=score_scienceqa, max_new_tokens=16, source=str(data_root))
-    from .data.slake import load_slake, score_slake
+    from eas.data.slake import load_slake, score_slake
     parts = [load_slake(data_root, split) for split in ("train", "validate", "test")]
     return TaskData(name, *parts, score=score_slake, max_new_tokens=10, source=str(data_root))
 

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .config import LavinConfig, LlamaConfig, load_config, save_config
+from eas.model.config import LavinConfig, LlamaConfig, load_config, save_config
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
 
@@ -90,11 +90,11 @@ def save_model(model: nn.Module, out_dir: str | Path, tokenizer: str | Path | No
 
 def _model_class(cfg, source: Path) -> type[nn.Module]:
     if isinstance(cfg, LlamaConfig):
-        from .llama import Llama
+        from eas.model.llama import Llama
         return Llama
     if isinstance(cfg, LavinConfig):
         # Imported on use: a plain LLaMA load should not need the vision tower and adapters.
-        from .lavin import Lavin
+        from eas.model.lavin import Lavin
         return Lavin
     raise CheckpointError(f"{source}: no model class for a {type(cfg).__name__} checkpoint")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .checkpoint import CONFIG_FILE, TOKENIZER_FILE, CheckpointError, check_state, load_model, load_state_strict
-from .config import LlamaConfig, load_config
-from .llama import Llama
+from eas.io.checkpoint import CONFIG_FILE, TOKENIZER_FILE, CheckpointError, check_state, load_model, load_state_strict
+from eas.model.config import LlamaConfig, load_config
+from eas.model.llama import Llama
 
 # Dimension along which Meta's model parallelism (fairscale) splits each weight: ParallelEmbedding
 # splits the embedding width, ColumnParallelLinear the output rows, RowParallelLinear the input

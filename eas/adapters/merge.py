@@ -26,10 +26,10 @@ import dataclasses
 import torch
 from torch import nn
 
-from .checkpoint import load_state_strict
-from .config import LlamaConfig
-from .llama import Llama
-from .pia import PIA, PIAState, RoutedDown, masked_mean
+from eas.io.checkpoint import load_state_strict
+from eas.model.config import LlamaConfig
+from eas.model.llama import Llama
+from eas.adapters.pia import PIA, PIAState, RoutedDown, masked_mean
 
 MODES = ("static", "dynamic")
 
@@ -227,7 +227,7 @@ def _merge_vision_state(visual, mode: str) -> dict[str, torch.Tensor]:
 
 def build_merged(cfg, info: dict):
     """An empty (meta-device) merged model of the right shape: a Llama or a Lavin plus its extras."""
-    from .lavin import Lavin  # the decoder-only path must not need the vision stack
+    from eas.model.lavin import Lavin  # the decoder-only path must not need the vision stack
     with torch.device("meta"):
         model = Lavin(cfg) if hasattr(cfg, "vision") else Llama(cfg)
         llama = getattr(model, "llama", model)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import LlamaConfig
-from .kv_cache import KVCache
+from eas.model.config import LlamaConfig
+from eas.model.kv_cache import KVCache
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:

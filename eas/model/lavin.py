@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LavinConfig
-from .generate import generate
-from .kv_cache import KVCache
-from .llama import Llama
-from .tokenizer import Tokenizer
-from .vit import VisionTransformer
+from eas.model.config import LavinConfig
+from eas.model.generate import generate
+from eas.model.kv_cache import KVCache
+from eas.model.llama import Llama
+from eas.model.tokenizer import Tokenizer
+from eas.model.vit import VisionTransformer
 
 IGNORE_INDEX = -100
 IMAGE_PREFIX, NO_IMAGE_PREFIX = "Image: ", "Image: N/A"

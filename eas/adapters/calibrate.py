@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .pia import PIA
+from eas.adapters.pia import PIA
 
 
 @torch.no_grad()

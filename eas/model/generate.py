@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .llama import Llama
-from .tokenizer import left_pad  # noqa: F401  (callers batch prompts from here too)
+from eas.model.llama import Llama
+from eas.model.tokenizer import left_pad  # noqa: F401  (callers batch prompts from here too)
 
 
 def nucleus_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

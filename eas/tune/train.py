@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import CheckpointError
+from eas.io.checkpoint import CheckpointError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -6,9 +6,9 @@ import os
 
 import torch
 
-from .checkpoint import CheckpointError, load_state_strict
-from .config import LavinConfig, LlamaConfig
-from .merge import build_merged
+from eas.io.checkpoint import CheckpointError, load_state_strict
+from eas.model.config import LavinConfig, LlamaConfig
+from eas.adapters.merge import build_merged
 
 FORMAT = "eas-merged"
 # 2: W1/W3 biases only in layers whose attention is skipped; skip_ffn_layers and residual adapters.

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .llama import Llama
-from .pia import PIA
+from eas.model.llama import Llama
+from eas.adapters.pia import PIA
 
 UNITS = ("attention", "ffn", "layer")
 
