@@ -20,6 +20,7 @@ from eas.io.checkpoint import CheckpointError, load_model, save_model
 from eas.model.config import LlamaConfig
 from eas.model.llama import Llama
 from eas.io.load_llama import load_llama
+from helpers import rel_err
 
 REPO = Path(__file__).resolve().parents[1]
 # fairscale layout of Meta's release: embedding width, column-parallel rows, row-parallel columns.
@@ -30,9 +31,6 @@ HF_LAYER_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn
                   "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
                   "ffn_norm": "post_attention_layernorm"}
 
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from eas.model.generate import generate, left_pad, nucleus_probs
 from eas.model.lavin import IGNORE_INDEX, Lavin, lm_loss
 from eas.model.llama import Llama
 from eas.model.tokenizer import train_tokenizer
+from helpers import rel_err
 
 VOCAB = 400  # byte fallback alone needs 259 pieces
 CFG = LavinConfig(llama=LlamaConfig.named("test", vocab_size=VOCAB), vision=VisionConfig.named("test"))
@@ -34,9 +35,6 @@ def model():
 def pixels():
     return torch.randn(len(EXAMPLES), 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def test_layout_masks_and_labels(tok, model):

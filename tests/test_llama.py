@@ -6,6 +6,7 @@ import torch
 
 from eas.model.config import LlamaConfig
 from eas.model.llama import Llama
+from helpers import rel_err
 
 
 def naive_pia_delta(pia, xn: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
@@ -84,9 +85,6 @@ def naive_logits(model: Llama, tokens: torch.Tensor, prompt: torch.Tensor | None
             x = x + ffn(blk.feed_forward, norm(x, blk.ffn_norm.weight))
     return norm(x, model.norm.weight) @ model.output.weight.T
 
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.mark.parametrize("kv_heads,skip,skip_ffn", [(4, (), ()), (2, (), ()), (2, (1, 2), ()), (1, (0,), ()),

@@ -10,12 +10,10 @@ from eas.adapters.merge import merge
 from eas.io.merged import load_merged, save_merged
 from eas.adapters.pia import PIA
 from test_pia import random_gains
+from helpers import rel_err
 
 SKIP = (1, 2)
 
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def base_model(gen, **kw):

@@ -12,6 +12,7 @@ from eas.adapters.merge import merge
 from eas.io.merged import load_merged, save_merged
 from eas.adapters.pia import PIA
 from eas.model.tokenizer import train_tokenizer
+from helpers import rel_err
 
 CFG = LavinConfig(llama=LlamaConfig.named("test", vocab_size=400), vision=VisionConfig.named("test"))
 EXAMPLES = [("What is the label for this image?\nResponse:", None, True), ("Hi there", None, False),
@@ -34,9 +35,6 @@ def eas_lavin():
                 p.data = torch.randn(p.shape, generator=gen) * 0.2
     return model.eval()
 
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 @torch.no_grad()

@@ -14,13 +14,11 @@ from eas.model.config import VisionConfig
 from eas.model.image import ImageError, load_image
 from eas.io.load_clip import load_openai_clip, load_vision
 from eas.model.vit import VisionTransformer
+from helpers import rel_err
 
 # Heads 64 wide, as in every OpenAI ViT, so the loader's shape inference applies.
 CLIP_CFG = VisionConfig(image_size=32, patch_size=8, width=128, layers=2, heads=2, output_dim=24)
 
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def reference_cls(vit: VisionTransformer, pixels: torch.Tensor) -> list[torch.Tensor]:
