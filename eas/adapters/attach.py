@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from eas.model.llama import Llama
-from eas.adapters.pia import PIA
+from eas.adapters.pia import PIA, SeededDropout
 
 UNITS = ("attention", "ffn", "layer")
 
@@ -41,32 +41,33 @@ class EASConfig:
             raise ValueError(f"unknown skip unit {self.unit!r}; choose one of {UNITS}")
 
 
-def _pia(dim: int, hidden: int, pooled: bool, cfg: EASConfig) -> PIA:
-    return PIA(dim, hidden, pooled, cfg.groups, cfg.temperature, cfg.scale, cfg.dropout)
+def _pia(dim: int, hidden: int, pooled: bool, cfg: EASConfig, generator=None) -> PIA:
+    return PIA(dim, hidden, pooled, cfg.groups, cfg.temperature, cfg.scale, cfg.dropout, generator)
 
 
-def add_adapters(model: nn.Module, cfg: EASConfig) -> nn.Module:
+def add_adapters(model: nn.Module, cfg: EASConfig, generator: torch.Generator | None = None) -> nn.Module:
     """Attach PIA-A and PIA-S to every LLaMA layer, and PIA-A to every ViT block of a Lavin model
-    (in place); adapters start as the identity map."""
+    (in place); adapters start as the identity map, their random parts drawn from `generator`
+    (torch's global generator when None)."""
     llama = getattr(model, "llama", model)
     visual = getattr(model, "visual", None)
     if visual is not None:
         p = visual.conv1.weight
         for blk in visual.transformer.resblocks:
-            blk.adapter_attn = _pia(visual.cfg.width, cfg.adapter_dim, False, cfg).to(p.device, p.dtype)
-    add_llama_adapters(llama, cfg)
+            blk.adapter_attn = _pia(visual.cfg.width, cfg.adapter_dim, False, cfg, generator).to(p.device, p.dtype)
+    add_llama_adapters(llama, cfg, generator)
     model.eas = cfg
     return model
 
 
-def add_llama_adapters(llama: Llama, cfg: EASConfig) -> Llama:
+def add_llama_adapters(llama: Llama, cfg: EASConfig, generator: torch.Generator | None = None) -> Llama:
     if llama.cfg.skip_layers:
         raise ValueError(f"adapters go on a full base model; this one has no attention in layers "
                          f"{llama.cfg.skip_layers}")
     p = llama.tok_embeddings.weight
     for block in llama.layers:
-        block.adapter_attn = _pia(llama.cfg.dim, cfg.adapter_dim, False, cfg).to(p.device, p.dtype)
-        block.adapter_skip = _pia(llama.cfg.dim, cfg.skip_dim, True, cfg).to(p.device, p.dtype)
+        block.adapter_attn = _pia(llama.cfg.dim, cfg.adapter_dim, False, cfg, generator).to(p.device, p.dtype)
+        block.adapter_skip = _pia(llama.cfg.dim, cfg.skip_dim, True, cfg, generator).to(p.device, p.dtype)
     llama.eas = cfg
     set_skipped(llama, cfg.skip_layers)
     return llama
@@ -83,6 +84,13 @@ def set_skipped(llama: Llama, layers) -> None:
         block.skipped = unit != "ffn" and block.layer in layers
         block.ffn_skipped = unit != "attention" and block.layer in layers
     llama.eas.skip_layers = tuple(sorted(layers))
+
+
+def set_dropout_generator(model: nn.Module, generator: torch.Generator | None) -> None:
+    """Make every adapter's dropout draw from `generator` (on the model's device); None: torch's global one."""
+    for m in model.modules():
+        if isinstance(m, SeededDropout):
+            m.generator = generator
 
 
 def mark_trainable(model: nn.Module) -> nn.Module:

@@ -10,6 +10,7 @@ The token path is affine, which is what makes the merge in eas/merge.py exact.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,34 @@ class GroupedLinear(nn.Module):
         return torch.block_diag(*self.weight.unflatten(0, (self.groups, -1)))
 
 
+class SeededDropout(nn.Module):
+    """Dropout whose mask comes from an explicit generator (eas.adapters.attach.set_dropout_generator).
+
+    Same draws as torch's CPU dropout on a global generator in the same state, so a run seeded
+    through a generator reproduces one seeded through torch.manual_seed. Without a generator it
+    is plain dropout on torch's global generator."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.generator is None:
+            return F.dropout(x, self.p, True)
+        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
+        return x * keep.div_(1 - self.p)
+
+
+def reset_linear(linear: nn.Linear, generator: torch.Generator | None) -> None:
+    """nn.Linear's own initialisation, drawn from `generator` (same numbers as after torch.manual_seed)."""
+    nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
+    bound = 1 / math.sqrt(linear.in_features)
+    nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
+
+
 @dataclass
 class PIAState:
     """Per-example quantities frozen at prefill: router weights [B, 2], pooled hidden ū [B, r] or None."""
@@ -60,7 +89,7 @@ class RoutedDown(nn.Module):
         self.down = nn.Linear(dim, hidden)                         # W_A (PIA-A) / W_C (PIA-S)
         self.down_pool = nn.Linear(dim, hidden) if pooled else None  # W_A of PIA-S, applied before pooling
         self.router = nn.Linear(dim, 2)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SeededDropout(dropout)
         # Task constants replacing the router (static merge); None = route per example.
         self.register_buffer("fixed_route", None)
 
@@ -87,15 +116,27 @@ class RoutedDown(nn.Module):
 
 class PIA(RoutedDown):
     def __init__(self, dim: int, hidden: int, pooled: bool, groups: int = 2, temperature: float = 10.0,
-                 scale: float = 1.0, dropout: float = 0.1):
+                 scale: float = 1.0, dropout: float = 0.1, generator: torch.Generator | None = None):
         super().__init__(dim, hidden, pooled, temperature, dropout)
         self.scale = scale
         self.up_b = GroupedLinear(hidden, dim, groups)
         self.up_d = GroupedLinear(hidden, dim, groups)
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Xavier down projections, zero up projections (the adapter starts as the identity map);
+        the router keeps nn.Linear's init. Draw order: down, down_pool, router, then Xavier."""
+        linears = [lin for lin in (self.down, self.down_pool, self.router) if lin is not None]
+        for lin in linears:
+            reset_linear(lin, generator)
         for lin in (self.down, self.down_pool):
             if lin is not None:
-                nn.init.xavier_uniform_(lin.weight)
+                nn.init.xavier_uniform_(lin.weight, generator=generator)
                 nn.init.zeros_(lin.bias)
+        for up in (self.up_b, self.up_d):
+            nn.init.zeros_(up.weight)
+            nn.init.zeros_(up.bias)
 
     def forward(self, xn: torch.Tensor, state: PIAState) -> torch.Tensor:
         """Δ, the adapter's correction: PIA(x̂) = x̂ + Δ where it adapts or replaces attention, Δ
