@@ -52,14 +52,15 @@ def time_variants(models: dict, prompt_len: int, decode_steps: int, rounds: int,
     times = {name: {"prefill": [], "decode": []} for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            cache = model.new_cache(1, prompt_len + decode_steps)
+            state = model.new_state(1, prompt_len + decode_steps)
             t0 = time.perf_counter()
-            logits = model.prefill(model.tok_embeddings(tokens), positions, visible, cache)
+            logits, state = model.prefill(model.tok_embeddings(tokens), positions, visible, state)
             t1 = time.perf_counter()
             tok, pos = logits.argmax(-1), positions[:, -1]
             for _ in range(decode_steps):
                 pos = pos + 1
-                tok = model.decode_step(tok, pos, cache).argmax(-1)
+                logits, state = model.decode_step(tok, pos, state)
+                tok = logits.argmax(-1)
             t2 = time.perf_counter()
             times[name]["prefill"].append(t1 - t0)
             times[name]["decode"].append((t2 - t1) / decode_steps)

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from eas.adapters.attach import UNITS, set_skipped
+from eas.adapters.attach import UNITS, eas_blocks, llama_of, set_skipped
 
 Subnet = tuple[int, ...]
 
@@ -171,21 +171,17 @@ class SkipTarget:
     current: Callable[[], Subnet]
     apply: Callable[[Sequence[int]], None]
 
-    def __call__(self, subnet: Sequence[int]) -> None:
-        self.apply(subnet)
-
 
 def skip_target(model: nn.Module, unit: str | None = None) -> SkipTarget:
-    """Candidates of a LLaMA or Lavin model: one per layer, of the unit its EASConfig names
-    (attention, ffn or layer; see eas/eas_model.py). ``unit``, when given, must agree with it."""
-    llama = getattr(model, "llama", model)
-    if getattr(llama, "eas", None) is None:
-        raise ValueError("the skip search needs PIA-S in every layer: call eas.eas_model.add_adapters first")
-    if unit is not None and unit != llama.eas.unit:
-        raise ValueError(f"search unit {unit!r}, but the adapters were attached for unit {llama.eas.unit!r} "
+    """Candidates of a LLaMA or Lavin super-network: one per layer, of the unit its EASConfig
+    names (attention, ffn or layer). ``unit``, when given, must agree with it."""
+    eas_blocks(model)
+    eas = llama_of(model).eas
+    if unit is not None and unit != eas.unit:
+        raise ValueError(f"search unit {unit!r}, but the adapters were attached for unit {eas.unit!r} "
                          f"(EASConfig.unit); choose one of {UNITS}")
-    return SkipTarget(llama.eas.unit, llama.cfg.n_layers, lambda: tuple(llama.eas.skip_layers),
-                      lambda subnet: set_skipped(llama, subnet))
+    return SkipTarget(eas.unit, llama_of(model).cfg.n_layers, lambda: tuple(eas.skip_layers),
+                      lambda subnet: set_skipped(model, subnet))
 
 
 def score_subnets(model_fn: Callable[[], torch.Tensor], subnets: Sequence[Sequence[int]],
@@ -199,10 +195,10 @@ def score_subnets(model_fn: Callable[[], torch.Tensor], subnets: Sequence[Sequen
     try:
         with torch.no_grad():
             for subnet in subnets:
-                apply_fn(subnet)
+                apply_fn.apply(subnet)
                 losses.append(float(model_fn()))
     finally:
-        apply_fn(previous)
+        apply_fn.apply(previous)
     return losses
 
 

@@ -1,5 +1,7 @@
-"""What several test files share: error measures and small random set-ups."""
+"""What several test files share: error measures, the straight-line LLaMA reference, random set-ups."""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -8,3 +10,89 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| (Frobenius), in float64."""
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm()).item()
+
+
+def random_gains(model, gen):
+    """Norm gains away from 1, so that γ_att and γ_ffn land in the right places or the test fails."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def naive_pia_delta(pia, xn: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """PIA's Δ (its output minus the identity) from its raw tensors, as eas_method.md §1.2/1.4
+    write it: τ = 10 and the ½ mix are the spec's constants (not read from the module), pooling is
+    done after the down projection, and the grouped up projections are applied group by group."""
+    w_prompt = prompt[..., None].float() / prompt.sum(1)[:, None, None]
+    route = torch.softmax(((xn * w_prompt).sum(1) @ pia.router.weight.T + pia.router.bias) / 10.0, -1)
+    h = xn @ pia.down.weight.T + pia.down.bias
+    if pia.down_pool is not None:
+        pooled = ((xn @ pia.down_pool.weight.T + pia.down_pool.bias) * w_prompt).sum(1)
+        h = 0.5 * (h + pooled[:, None])
+
+    def grouped(up):
+        C, r = up.weight.shape[0], h.shape[-1]
+        halves = [h[..., g * r // 2:(g + 1) * r // 2] @ up.weight[g * C // 2:(g + 1) * C // 2].T for g in (0, 1)]
+        return torch.cat(halves, -1) + up.bias
+
+    w = route[:, None]
+    return pia.scale * (w[..., :1] * grouped(pia.up_b) + w[..., 1:] * grouped(pia.up_d))
+
+
+def naive_logits(model: Llama, tokens: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """Straight-line LLaMA: complex-number RoPE, explicit softmax, repeated KV heads, no cache.
+
+    With EAS adapters attached (eas/adapters/blocks.py's table): PIA-A before the attention of kept layers;
+    for a skipped unit, x + FFN(γ_ffn ⊙ PIA-S(RMSNorm_att(x))) (attention), h + Δ(RMSNorm_ffn(h))
+    (ffn) or x + Δ(RMSNorm_att(x)) (layer); pooling over ``prompt`` [B, T].
+    """
+    cfg = model.cfg
+    B, T = tokens.shape
+    hd = cfg.head_dim
+    freqs = 1.0 / cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    rot = torch.polar(torch.ones(T, hd // 2, dtype=torch.float64), torch.outer(torch.arange(T, dtype=torch.float64), freqs))
+
+    def rope(x):  # [B, T, H, D]
+        xc = torch.view_as_complex(x.double().reshape(*x.shape[:-1], hd // 2, 2))
+        return torch.view_as_real(xc * rot[None, :, None]).reshape(x.shape).float()
+
+    def norm(x, w):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.norm_eps) * w
+
+    def ffn(f, h):
+        return (torch.nn.functional.silu(h @ f.w1.weight.T) * (h @ f.w3.weight.T)) @ f.w2.weight.T
+
+    x = model.tok_embeddings.weight[tokens]
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    prompt = torch.ones(B, T, dtype=torch.bool) if prompt is None else prompt
+    eas = getattr(model, "eas", None)
+    for blk in model.layers:
+        unit = eas.unit if eas is not None and blk.layer in eas.skip_layers else None
+        if unit == "layer":
+            x = x + naive_pia_delta(blk.adapter_skip, norm(x, blk.attention_norm.weight), prompt)
+            continue
+        if unit == "attention":
+            xn = norm(x, blk.attention_norm.weight)
+            z = xn + naive_pia_delta(blk.adapter_skip, xn, prompt)
+            x = x + ffn(blk.feed_forward, z * blk.ffn_norm.weight)
+            continue
+        if blk.attention is not None:
+            a = blk.attention
+            xn = norm(x, blk.attention_norm.weight)
+            if getattr(blk, "adapter_attn", None) is not None:
+                xn = xn + naive_pia_delta(blk.adapter_attn, xn, prompt)
+            q = rope((xn @ a.wq.weight.T).view(B, T, cfg.n_heads, hd))
+            k = rope((xn @ a.wk.weight.T).view(B, T, cfg.n_kv_heads, hd))
+            v = (xn @ a.wv.weight.T).view(B, T, cfg.n_kv_heads, hd)
+            rep = cfg.n_heads // cfg.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
+            probs = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+            x = x + torch.einsum("bhqk,bkhd->bqhd", probs, v).reshape(B, T, -1) @ a.wo.weight.T
+        if unit == "ffn":
+            x = x + naive_pia_delta(blk.adapter_skip, norm(x, blk.ffn_norm.weight), prompt)
+        elif blk.feed_forward is not None:
+            x = x + ffn(blk.feed_forward, norm(x, blk.ffn_norm.weight))
+    return norm(x, model.norm.weight) @ model.output.weight.T

@@ -238,7 +238,7 @@ def test_loaders_build_on_meta_and_convert_per_parameter(model, tmp_path, monkey
 
 
 def test_own_format_round_trip(gen, tokens, tmp_path):
-    cfg = LlamaConfig.named("test", skip_layers=(1,), qkv_bias=True)
+    cfg = LlamaConfig.named("test", no_attention=(1,), qkv_bias=True)
     model = Llama(cfg).init_weights(gen).eval()
     torch.nn.init.normal_(model.layers[0].attention.wq.bias, generator=gen)
     tok = tmp_path / "tokenizer.model"

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from eas.model.config import LavinConfig, LlamaConfig, VisionConfig
-from eas.model.generate import generate, left_pad, nucleus_probs
+from eas.model.generate import generate, nucleus_probs
+from eas.model.tokenizer import left_pad
 from eas.model.lavin import IGNORE_INDEX, Lavin, lm_loss
 from eas.model.llama import Llama
 from eas.model.tokenizer import train_tokenizer
@@ -105,12 +106,11 @@ def test_text_only_batch_needs_no_pixels(tok, model, pixels):
 def test_left_padded_batch_matches_each_example_alone(tok, model, pixels):
     batch = model.build_batch(tok, EXAMPLES)
     with torch.no_grad():
-        cache = model.llama.new_cache(len(EXAMPLES), batch.tokens.shape[1])
-        batched = model.prefill(batch, pixels, cache)
+        batched, _ = model.prefill(batch, pixels, model.llama.new_state(len(EXAMPLES), batch.tokens.shape[1]))
         full = model(batch, pixels)[:, -1]
         for b, example in enumerate(EXAMPLES):
             one = model.build_batch(tok, [example])
-            alone = model.prefill(one, pixels[b:b + 1], model.llama.new_cache(1, one.tokens.shape[1]))
+            alone, _ = model.prefill(one, pixels[b:b + 1], model.llama.new_state(1, one.tokens.shape[1]))
             assert rel_err(batched[b], alone[0]) < 1e-5
             assert rel_err(full[b], alone[0]) < 1e-5
 

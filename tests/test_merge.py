@@ -1,4 +1,5 @@
 """Merged models against the unmerged adapter model they came from (eas_method.md §2)."""
+import numpy as np
 import pytest
 import torch
 
@@ -9,8 +10,9 @@ from eas.adapters.calibrate import calibrate_routes, clear_routes
 from eas.adapters.merge import merge
 from eas.io.merged import load_merged, save_merged
 from eas.adapters.pia import PIA
-from test_pia import random_gains
-from helpers import rel_err
+from eas.errors import CheckpointError
+from eas.model.state import kv_bytes
+from helpers import random_gains, rel_err
 
 SKIP = (1, 2)
 
@@ -40,14 +42,16 @@ def prompt_batch(model, lengths, gen):
 
 @torch.no_grad()
 def greedy(model, embeds, positions, visible, steps=32):
-    cache = model.new_cache(embeds.shape[0], embeds.shape[1] + steps)
-    logits = [model.prefill(embeds, positions, visible, cache)]
+    state = model.new_state(embeds.shape[0], embeds.shape[1] + steps)
+    first, state = model.prefill(embeds, positions, visible, state)
+    logits = [first]
     pos = positions[:, -1]
     tokens = []
     for _ in range(steps):
         tokens.append(logits[-1].argmax(-1))
         pos = pos + 1
-        logits.append(model.decode_step(tokens[-1], pos, cache))
+        step, state = model.decode_step(tokens[-1], pos, state)
+        logits.append(step)
     return torch.stack(logits, 1), torch.stack(tokens, 1)
 
 
@@ -120,25 +124,98 @@ def test_merged_model_is_plain_and_smaller(gen):
             extras = kept + skipped
         expected = base_count - len(SKIP) * attn + biases + extras
         assert sum(p.numel() for p in merged.parameters()) == expected
-        full_cache = model.new_cache(2, 16).nbytes
-        assert merged.new_cache(2, 16).nbytes * cfg.n_layers == full_cache * (cfg.n_layers - len(SKIP))
+        full_kv = kv_bytes(model.new_state(2, 16))
+        assert kv_bytes(merged.new_state(2, 16)) * cfg.n_layers == full_kv * (cfg.n_layers - len(SKIP))
 
 
-def test_merge_twice_is_merge_once_and_roundtrips(gen, tmp_path):
+def test_static_fold_of_one_layer_against_numpy(gen):
+    """W' = W + (W M_u) M_d and b = W (M_u β_d + β_u) for a kept layer's wq, computed in numpy from
+    the adapter's raw tensors (block-diagonal up projections assembled by hand)."""
+    model = eas_model(gen)
+    emb, pos, vis = prompt_batch(model, [6, 4], gen)
+    calibrate_routes(model, [(emb, pos, vis, vis)])
+    block, merged = model.layers[0], merge(model, "static").layers[0]
+    pia = block.adapter_attn
+    w = pia.fixed_route.double().numpy()
+
+    def dense(up):
+        wt = up.weight.detach().double().numpy()
+        C, half = wt.shape[0] // 2, wt.shape[1]
+        out = np.zeros((2 * C, 2 * half))
+        out[:C, :half], out[C:, half:] = wt[:C], wt[C:]
+        return out
+
+    m_u = pia.scale * (w[0] * dense(pia.up_b) + w[1] * dense(pia.up_d))
+    beta_u = pia.scale * (w[0] * pia.up_b.bias.detach().double().numpy() + w[1] * pia.up_d.bias.detach().double().numpy())
+    m_d, beta_d = pia.down.weight.detach().double().numpy(), pia.down.bias.detach().double().numpy()
+    W = block.attention.wq.weight.detach().double().numpy()
+    np.testing.assert_allclose(merged.attention.wq.weight.detach().double().numpy(), W + (W @ m_u) @ m_d, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(merged.attention.wq.bias.detach().double().numpy(), W @ (m_u @ beta_d + beta_u), rtol=0, atol=1e-5)
+    assert np.abs(W @ m_u @ m_d).max() > 1e-2  # the adapter really changed the weight
+
+
+def test_merge_of_a_merged_model_is_a_copy_and_merged_pt_roundtrips(gen, tmp_path):
     model = eas_model(gen)
     once = merge(model, "dynamic")
-    twice = merge(once, "dynamic")
-    s1, s2 = once.state_dict(), twice.state_dict()
-    assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+    again = merge(once, "dynamic")
+    assert again is not once
+    emb, pos, vis = prompt_batch(model, [6, 3], gen)
+    assert torch.equal(greedy(again, emb, pos, vis, 4)[0], greedy(once, emb, pos, vis, 4)[0])
     save_merged(once, tmp_path / "merged.pt", tokenizer="tokenizer.model")
     loaded = load_merged(tmp_path / "merged.pt")
-    emb, pos, vis = prompt_batch(model, [6, 3], gen)
     assert torch.equal(greedy(loaded, emb, pos, vis, 4)[0], greedy(once, emb, pos, vis, 4)[0])
-    assert loaded.cfg.skip_layers == SKIP and loaded.tokenizer_ref == str(tmp_path / "tokenizer.model")
+    assert loaded.cfg.no_attention == SKIP and loaded.tokenizer_ref == str(tmp_path / "tokenizer.model")
     old = torch.load(tmp_path / "merged.pt", weights_only=True)
-    torch.save({**old, "version": 1}, tmp_path / "old.pt")
-    with pytest.raises(ValueError, match="version 1; this code reads version 2"):
+    torch.save({**old, "version": 2}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="version 2; this code reads version 3"):
         load_merged(tmp_path / "old.pt")
+    (tmp_path / "junk.pt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_merged(tmp_path / "junk.pt")
+
+
+def test_merged_pt_stores_the_requested_dtype(gen, tmp_path):
+    merged = merge(eas_model(gen), "dynamic")
+    save_merged(merged, tmp_path / "m.pt", dtype=torch.float16)
+    loaded = load_merged(tmp_path / "m.pt")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float16}
+    assert torch.equal(loaded.layers[0].attention.wq.weight, merged.layers[0].attention.wq.weight.half())
+    assert load_merged(tmp_path / "m.pt", dtype=torch.float32).layers[0].attention.wq.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_decode_step_exports_with_tensor_state_only(mode, gen):
+    """prefill/decode_step take and return tensors only: torch.export traces the merged decode step,
+    and the exported program gives the eager logits and the same updated state."""
+    model = eas_model(gen)
+    emb, pos, vis = prompt_batch(model, [5, 3], gen)
+    if mode == "static":
+        calibrate_routes(model, [(emb, pos, vis, vis)])
+    merged = merge(model, mode)
+    with torch.no_grad():
+        _, state = merged.prefill(emb, pos, vis, merged.new_state(2, 9))
+    assert all(isinstance(t, torch.Tensor) for t in state.values())
+    assert not any(n.startswith(("k.1", "v.1", "k.2", "v.2")) for n in state)  # skipped layers hold no K/V
+    per_example = {"static": "layers.1.ffn_delta.bias", "dynamic": "layers.0.attn_delta.route"}[mode]
+    assert per_example in state
+
+    class Step(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, tokens, positions, state):
+            return self.m.decode_step(tokens, positions, state)
+
+    tokens, positions = torch.tensor([3, 4]), pos[:, -1] + 1
+    clone = {k: v.clone() for k, v in state.items()}
+    program = torch.export.export(Step(merged), (tokens, positions, clone))
+    with torch.no_grad():
+        ref_logits, ref_state = merged.decode_step(tokens, positions, {k: v.clone() for k, v in state.items()})
+        out_logits, out_state = program.module()(tokens, positions, {k: v.clone() for k, v in state.items()})
+    assert rel_err(out_logits, ref_logits) < 1e-6
+    assert out_state.keys() == ref_state.keys()
+    assert all(torch.equal(out_state[k], ref_state[k]) for k in ref_state)
 
 
 def test_merge_leaves_the_source_model_alone(gen):
@@ -179,14 +256,14 @@ def test_ffn_and_layer_units_merge_to_smaller_models(unit, absent_attention, abs
     emb, pos, vis = prompt_batch(model, [6, 8], gen)
     calibrate_routes(model, [(emb, pos, vis, vis)])
     merged = merge(model, "static")
-    assert merged.cfg.skip_layers == absent_attention and merged.cfg.skip_ffn_layers == absent_ffn
+    assert merged.cfg.no_attention == absent_attention and merged.cfg.no_ffn == absent_ffn
     for block in merged.layers:
         assert (block.feed_forward is None) == (block.layer in absent_ffn)
         assert (block.attention is None) == (block.layer in absent_attention)
-        assert (block.residual_adapter is not None) == (block.layer in absent_ffn)
-    full_cache = model.new_cache(2, 16).nbytes
+        assert hasattr(block, "residual_adapter") == (block.layer in absent_ffn)
+    full_kv = kv_bytes(model.new_state(2, 16))
     n = model.cfg.n_layers
-    assert merged.new_cache(2, 16).nbytes * n == full_cache * (n - len(absent_attention))
+    assert kv_bytes(merged.new_state(2, 16)) * n == full_kv * (n - len(absent_attention))
     save_merged(merged, tmp_path / "merged.pt")
     loaded = load_merged(tmp_path / "merged.pt")
     emb, pos, vis = prompt_batch(model, [5, 9], gen)

@@ -39,13 +39,15 @@ def eas_lavin():
 
 @torch.no_grad()
 def logits_and_tokens(model, batch, pixels, steps=12):
-    cache = model.llama.new_cache(batch.tokens.shape[0], batch.tokens.shape[1] + steps)
-    logits = [model.prefill(batch, pixels, cache)]
+    state = model.llama.new_state(batch.tokens.shape[0], batch.tokens.shape[1] + steps)
+    first, state = model.prefill(batch, pixels, state)
+    logits = [first]
     pos, tokens = batch.positions[:, -1], []
     for _ in range(steps):
         tokens.append(logits[-1].argmax(-1))
         pos = pos + 1
-        logits.append(model.llama.decode_step(tokens[-1], pos, cache))
+        step, state = model.llama.decode_step(tokens[-1], pos, state)
+        logits.append(step)
     return torch.stack(logits, 1), torch.stack(tokens, 1)
 
 

@@ -6,16 +6,7 @@ from eas.model.config import LlamaConfig
 from eas.adapters.attach import EASConfig, add_adapters
 from eas.model.llama import Llama
 from eas.adapters.pia import PIA
-from test_llama import naive_logits, rel_err
-
-
-def random_gains(model, gen):
-    """Norm gains away from 1, so that γ_att and γ_ffn land in the right places or the test fails."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=gen))
-    return model
+from helpers import naive_logits, random_gains, rel_err
 
 
 def adapted(gen, skip, unit="attention"):

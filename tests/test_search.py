@@ -197,15 +197,17 @@ def test_score_subnets_restores_after_an_error(gen):
     assert model.eas.skip_layers == (1,)
 
 
-@pytest.mark.parametrize("unit,attention_off,ffn_off", [("attention", {1}, set()), ("ffn", set(), {1}),
-                                                         ("layer", {1}, {1})])
-def test_each_unit_switches_its_own_blocks(unit, attention_off, ffn_off, gen):
+@pytest.mark.parametrize("unit,runs", [("attention", ["adapter_skip"]), ("ffn", ["adapter_attn", "adapter_skip"]),
+                                       ("layer", ["adapter_skip"])])
+def test_each_unit_switches_its_own_blocks(unit, runs, gen):
+    """The skip target switches layer 1 only; what runs there is what the unit leaves of the layer."""
     model = Llama(LlamaConfig.named("test", n_layers=3)).init_weights(gen)
     add_adapters(model, EASConfig(adapter_dim=4, skip_dim=8, unit=unit))
     target = skip_target(model, unit)
-    target((1,))
-    assert {b.layer for b in model.layers if b.skipped} == attention_off
-    assert {b.layer for b in model.layers if b.ffn_skipped} == ffn_off
+    target.apply((1,))
+    blk = model.layers[1]
+    assert [n for n in ("adapter_attn", "adapter_skip") if getattr(blk, n) in blk.active_adapters()] == runs
+    assert all(b.active_adapters() == [b.adapter_attn] for b in model.layers if b.layer != 1)
     assert target.current() == (1,) and target.unit == unit
 
 

@@ -3,23 +3,22 @@ from __future__ import annotations
 
 from torch import nn
 
+from eas.adapters.attach import llama_of
+from eas.adapters.blocks import EASBlock
+
 
 def _unused_adapter_params(model: nn.Module) -> set[int]:
-    """PIA-S of layers with nothing skipped and PIA-A of layers without attention exist (for the
-    search) but do not run."""
-    llama = getattr(model, "llama", model)
+    """Adapters that exist for the search but do not run under the current skip set."""
     unused = set()
-    for block in llama.layers:
-        idle = [block.adapter_attn] if block.skipped else []
-        if not (block.skipped or block.ffn_skipped):
-            idle.append(block.adapter_skip)
-        unused |= {id(p) for m in idle if m is not None for p in m.parameters()}
+    for block in (b for b in llama_of(model).layers if isinstance(b, EASBlock)):
+        active = block.active_adapters()
+        unused |= {id(p) for m in (block.adapter_attn, block.adapter_skip) if m not in active for p in m.parameters()}
     return unused
 
 
 def trainable_report(model: nn.Module) -> dict:
     """Counts by name: 'adapter' parameters are trainable (LaVIN's rule; minus any frozen on purpose,
-    e.g. eas.eas_model.freeze_routers), the rest is the frozen base.
+    e.g. eas.adapters.attach.freeze_routers), the rest is the frozen base.
 
     share_of_llm divides by the LLaMA decoder's parameters, the denominator that reproduces the
     paper's percentages; share_of_model divides by every frozen parameter (LLaMA + ViT).
@@ -29,7 +28,6 @@ def trainable_report(model: nn.Module) -> dict:
     trainable = sum(p.numel() for n, p in model.named_parameters()
                     if "adapter" in n and p.requires_grad and id(p) not in unused)
     frozen = sum(p.numel() for n, p in model.named_parameters() if "adapter" not in n)
-    llama = getattr(model, "llama", model)
-    llm = sum(p.numel() for n, p in llama.named_parameters() if "adapter" not in n)
+    llm = sum(p.numel() for n, p in llama_of(model).named_parameters() if "adapter" not in n)
     return {"trainable": trainable, "frozen": frozen, "llm": llm,
             "share_of_llm": trainable / llm, "share_of_model": trainable / frozen}

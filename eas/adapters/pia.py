@@ -6,7 +6,8 @@ One class serves both variants:
   PIA(x̂)_n = x̂_n + Δ_n,  Δ_n = s [w_1 (U_B H_n + c_B) + w_2 (U_D H_n + c_D)],  w = softmax((W_r m + b_r) / τ)
 with m the mean of x̂ over the routed prompt positions and U_B, U_D block-diagonal (grouped).
 The module returns Δ; callers add x̂ (Δ alone replaces a skipped FFN or layer).
-The token path is affine, which is what makes the merge in eas/merge.py exact.
+The token path is affine, which is what makes the merge exact: each PIA folds itself into the
+weights that read its output (``fold_static``, ``fold_routed``; eas_method.md §2).
 """
 from __future__ import annotations
 
@@ -105,6 +106,19 @@ class RoutedDown(nn.Module):
             pooled = self.down_pool(masked_mean(xn, pool_mask))
         return PIAState(route, pooled)
 
+    def frozen_context(self, xn: torch.Tensor, ctx, name: str) -> PIAState:
+        """context() on the pass's prompt positions (eas.model.llama.Context); with an inference
+        state it is computed at prefill, stored as `name`.route / `name`.pooled and read at decode."""
+        route_mask = ctx.prompt_mask & ctx.key_mask  # LaVIN's modality token is pooled, not routed on
+        if ctx.state is None:
+            return self.context(xn, ctx.prompt_mask, route_mask)
+        if not ctx.decoding:
+            fresh = self.context(xn, ctx.prompt_mask, route_mask)
+            ctx.state[f"{name}.route"] = fresh.route
+            if fresh.pooled is not None:
+                ctx.state[f"{name}.pooled"] = fresh.pooled
+        return PIAState(ctx.state[f"{name}.route"], ctx.state[f"{name}.pooled"] if self.down_pool is not None else None)
+
     def hidden(self, xn: torch.Tensor, state: PIAState) -> torch.Tensor:
         h = self.down(xn)
         if state.pooled is not None:
@@ -144,3 +158,38 @@ class PIA(RoutedDown):
         h = self.hidden(xn, state)
         w = state.route[:, None]
         return self.scale * (w[..., :1] * self.up_b(h) + w[..., 1:] * self.up_d(h))
+
+    # ---- re-parameterization (eas_method.md §2.2-2.3): every update is a rank-r product (W M_u) M_d,
+    # never a C x C matrix, and biases use the original W.
+    def up_parts(self):
+        """Dense block-diagonal up matrices [C, r] and their biases, the scale folded in."""
+        s = self.scale
+        return s * self.up_b.dense(), s * self.up_d.dense(), s * self.up_b.bias, s * self.up_d.bias
+
+    def fold_static(self, weights: list[torch.Tensor], half: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(W', b, W M_u) for each W [out, C] that reads PIA(x̂), routing fixed to fixed_route.
+
+        W' = W + (W M_u) M_d and b = W (M_u β_d + β_u) with M_u = Σ w_j U_j, β_u = Σ w_j c_j and
+        (M_d, β_d) the down projection, halved for PIA-S (`half`). PIA-S's pooled term stays per
+        example: the caller turns it into a bias through W M_u."""
+        if self.fixed_route is None:
+            raise ValueError("a static fold needs router constants: run eas.adapters.calibrate.calibrate_routes first")
+        w = self.fixed_route.float()
+        ub, ud, cb, cd = self.up_parts()
+        m_u, beta_u = w[0] * ub + w[1] * ud, w[0] * cb + w[1] * cd
+        mix = self.pool_mix if half else 1.0
+        m_d, beta_d = mix * self.down.weight.float(), mix * self.down.bias.float()
+        out = []
+        for W in weights:
+            wm = W @ m_u
+            out.append((W + wm @ m_d, W @ (m_u @ beta_d + beta_u), wm))
+        return out
+
+    def fold_routed(self, weights: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """State of the RoutedDelta (eas/adapters/merged.py) that adds Σ_j w_j (W U_j H + W c_j) to
+        the outputs of the stacked weights, routing per example."""
+        ub, ud, cb, cd = self.up_parts()
+        state = {k: v.float() for k, v in self.state_dict().items() if k.startswith(("down", "router"))}
+        state["up"] = torch.cat([torch.cat((W @ ub, W @ ud), 1) for W in weights])
+        state["route_bias"] = torch.cat([torch.stack((W @ cb, W @ cd), 1) for W in weights])
+        return state

@@ -20,8 +20,7 @@ from eas.model.config import LavinConfig, LlamaConfig, load_config, save_config
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
 
 
-class CheckpointError(ValueError):
-    pass
+from eas.errors import CheckpointError  # noqa: E402  (one home: eas/errors.py)
 
 
 def _listing(keys, limit: int = 8) -> str:

@@ -6,48 +6,56 @@ import os
 
 import torch
 
-from eas.io.checkpoint import CheckpointError, load_state_strict
-from eas.model.config import LavinConfig, LlamaConfig
+from eas.adapters.attach import llama_of
 from eas.adapters.merge import build_merged
+from eas.errors import CheckpointError
+from eas.io.checkpoint import load_state_strict
+from eas.io.files import atomic_write
+from eas.model.config import LavinConfig, LlamaConfig
 
 FORMAT = "eas-merged"
-# 2: W1/W3 biases only in layers whose attention is skipped; skip_ffn_layers and residual adapters.
-VERSION = 2
+# 3: no_attention / no_ffn replace skip_layers / skip_ffn_layers in the config; merged layer names.
+VERSION = 3
 
 
-def save_merged(model, path, tokenizer: str | None = None) -> None:
-    """Write the output of eas.merge.merge() with everything needed to rebuild it.
+def save_merged(model, path, tokenizer: str | None = None, dtype: torch.dtype | None = None) -> None:
+    """Write the output of eas.adapters.merge.merge() with everything needed to rebuild it.
 
-    tokenizer: path of the tokenizer.model, absolute or relative to the folder of `path`."""
+    tokenizer: path of the tokenizer.model, absolute or relative to the folder of `path`.
+    dtype: store floating tensors in this dtype (default: as they are)."""
     info = getattr(model, "merge_info", None)
     if info is None:
-        raise ValueError("save_merged wants the output of eas.merge.merge()")
-    llama = getattr(model, "llama", model)
-    tmp = f"{path}.tmp"
-    torch.save({"format": FORMAT, "version": VERSION, "kind": type(model.cfg).__name__,
-                "config": dataclasses.asdict(model.cfg), "skip_layers": list(llama.cfg.skip_layers),
-                "merge": info, "tokenizer": tokenizer, "state_dict": model.state_dict()}, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves a truncated merged.pt
+        raise ValueError("save_merged wants the output of eas.adapters.merge.merge()")
+    cfg = llama_of(model).cfg
+    state = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "version": VERSION, "kind": type(model.cfg).__name__,
+               "config": dataclasses.asdict(model.cfg), "no_attention": list(cfg.no_attention),
+               "no_ffn": list(cfg.no_ffn), "merge": info, "tokenizer": tokenizer, "state_dict": state}
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def load_merged(path, device="cpu"):
-    """merged.pt -> a plain Llama or Lavin with the skipped attentions absent."""
+def load_merged(path, device="cpu", dtype: torch.dtype | None = None):
+    """merged.pt -> a plain Llama or Lavin with the skipped units absent (in `dtype`, default as stored)."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # unpickling garbage raises anything from UnpicklingError to EOFError
         raise CheckpointError(f"cannot read merged checkpoint {path}: {e}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an EAS merged checkpoint (no format={FORMAT!r})")
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{path} is merged.pt version {ckpt.get('version')}; this code reads version {VERSION}: "
-                         f"re-merge it by running its `python run.py tune ...` command again with --resume (a finished run "
-                         f"re-evaluates from its state.pt and writes a new merged.pt)")
+                              f"re-merge it by running its `python run.py tune ...` command again with --resume (a "
+                              f"finished run re-evaluates from its state.pt and writes a new merged.pt)")
     kinds = {"LlamaConfig": LlamaConfig, "LavinConfig": LavinConfig}
     if ckpt.get("kind") not in kinds:
         raise CheckpointError(f"{path}: unknown model kind {ckpt.get('kind')!r}; expected one of {sorted(kinds)}")
-    model = build_merged(kinds[ckpt["kind"]](**ckpt["config"]), ckpt["merge"])
-    load_state_strict(model, ckpt["state_dict"], str(path), keep_dtype=True)
-    getattr(model, "llama", model).init_buffers(torch.device(device))
+    try:
+        model = build_merged(kinds[ckpt["kind"]](**ckpt["config"]), ckpt["merge"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad config or merge record: {e}") from e
+    load_state_strict(model, ckpt["state_dict"], str(path), dtype, keep_dtype=dtype is None)
+    llama_of(model).init_buffers(torch.device(device))
     ref = ckpt["tokenizer"]
     # A relative reference names a file next to merged.pt, so a run folder can be moved whole.
     model.tokenizer_ref = ref if ref is None or os.path.isabs(ref) else os.path.join(os.path.dirname(path), ref)

@@ -7,6 +7,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eas.errors import CheckpointError
+from eas.io.files import read_json, write_text_atomic
+
 
 @dataclass
 class LlamaConfig:
@@ -21,14 +24,11 @@ class LlamaConfig:
     norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     max_seq_len: int = 2048
-    # Layers whose attention block is physically absent (EAS-skipped and merged, or deleted).
-    skip_layers: tuple[int, ...] = ()
-    # Layers whose FFN block is physically absent (the `ffn` and `layer` search units).
-    skip_ffn_layers: tuple[int, ...] = ()
-    # Biases exist only after a merge folds adapters into these projections: q/k/v of every
-    # attention (PIA-A), W1/W3 only in layers whose attention is skipped (PIA-S).
+    # Layers whose attention / FFN is physically absent (a merged EAS model, or a deleted unit).
+    no_attention: tuple[int, ...] = ()
+    no_ffn: tuple[int, ...] = ()
+    # q/k/v biases (a merge folds PIA-A's affine map into them).
     qkv_bias: bool = False
-    ffn_bias: bool = False
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -38,13 +38,13 @@ class LlamaConfig:
             if self.ffn_dim_multiplier is not None:
                 hidden = int(self.ffn_dim_multiplier * hidden)
             self.hidden_dim = self.multiple_of * math.ceil(hidden / self.multiple_of)
-        self.skip_layers = tuple(sorted(set(int(i) for i in self.skip_layers)))
-        self.skip_ffn_layers = tuple(sorted(set(int(i) for i in self.skip_ffn_layers)))
+        self.no_attention = tuple(sorted(set(int(i) for i in self.no_attention)))
+        self.no_ffn = tuple(sorted(set(int(i) for i in self.no_ffn)))
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        for name in ("skip_layers", "skip_ffn_layers"):
+        for name in ("no_attention", "no_ffn"):
             bad = [i for i in getattr(self, name) if not 0 <= i < self.n_layers]
             if bad:
                 raise ValueError(f"{name} {bad} outside 0..{self.n_layers - 1}")
@@ -54,8 +54,9 @@ class LlamaConfig:
         return self.dim // self.n_heads
 
     @property
-    def kept_layers(self) -> tuple[int, ...]:
-        return tuple(i for i in range(self.n_layers) if i not in self.skip_layers)
+    def attention_layers(self) -> tuple[int, ...]:
+        """The layers that have an attention, hence K/V state."""
+        return tuple(i for i in range(self.n_layers) if i not in self.no_attention)
 
     @classmethod
     def named(cls, name: str, **overrides) -> "LlamaConfig":
@@ -146,20 +147,19 @@ def to_dict(cfg) -> dict:
 
 
 def save_config(cfg, path: str | Path) -> None:
-    Path(path).write_text(json.dumps({"type": type(cfg).__name__, **to_dict(cfg)}, indent=2) + "\n")
+    write_text_atomic(path, json.dumps({"type": type(cfg).__name__, **to_dict(cfg)}, indent=2) + "\n")
 
 
 def load_config(path: str | Path):
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read model config {path}: {e}") from e
+    data = read_json(path, "model config")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: a model config must be a JSON object")
     kinds = {"LlamaConfig": LlamaConfig, "VisionConfig": VisionConfig, "LavinConfig": LavinConfig}
     kind = data.pop("type", None)
     if kind not in kinds:
-        raise ValueError(f"{path}: 'type' must be one of {sorted(kinds)}, got {kind!r}")
+        raise CheckpointError(f"{path}: 'type' must be one of {sorted(kinds)}, got {kind!r}")
     try:
         return kinds[kind](**data)
-    except TypeError as e:
-        raise ValueError(f"{path}: bad {kind} fields: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad {kind} fields: {e}") from e

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import torch
 
 from eas.model.llama import Llama
-from eas.model.tokenizer import left_pad  # noqa: F401  (callers batch prompts from here too)
 
 
 def nucleus_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -52,8 +51,8 @@ def generate(llama: Llama, embeds: torch.Tensor, positions: torch.Tensor, key_ma
     out: list[list[int]] = [[] for _ in range(B)]
     if max_new_tokens == 0:
         return out
-    cache = llama.new_cache(B, T + max_new_tokens, device=embeds.device)
-    logits = llama.prefill(embeds, positions, key_mask, cache, prompt_mask)
+    state = llama.new_state(B, T + max_new_tokens, device=embeds.device)
+    logits, state = llama.prefill(embeds, positions, key_mask, state, prompt_mask)
     first_new_position = positions[:, -1] + 1  # left-padded: the last column is every prompt's end
     done = [False] * B
     for step in range(max_new_tokens):
@@ -66,5 +65,5 @@ def generate(llama: Llama, embeds: torch.Tensor, positions: torch.Tensor, key_ma
         if all(done) or step == max_new_tokens - 1:
             break
         # Finished examples keep decoding (their tokens are discarded) so the batch stays in lock-step.
-        logits = llama.decode_step(token, first_new_position + step, cache)
+        logits, state = llama.decode_step(token, first_new_position + step, state)
     return out

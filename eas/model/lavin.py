@@ -24,8 +24,8 @@ from torch import nn
 
 from eas.model.config import LavinConfig
 from eas.model.generate import generate
-from eas.model.kv_cache import KVCache
 from eas.model.llama import Llama
+from eas.model.state import State
 from eas.model.tokenizer import Tokenizer
 from eas.model.vit import VisionTransformer
 
@@ -166,9 +166,9 @@ class Lavin(nn.Module):
                               prompt_mask=batch.prompt_mask)
         return self.llama.output(h)
 
-    def prefill(self, batch: LavinBatch, pixels: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
-        """Prompt batch -> logits of the last position [B, V]; fills ``cache`` for decode_step."""
-        return self.llama.prefill(self.embed(batch, pixels), batch.positions, batch.key_mask, cache,
+    def prefill(self, batch: LavinBatch, pixels: torch.Tensor | None, state: State) -> tuple[torch.Tensor, State]:
+        """Prompt batch and an empty state (llama.new_state) -> (last-position logits [B, V], state)."""
+        return self.llama.prefill(self.embed(batch, pixels), batch.positions, batch.key_mask, state,
                                   batch.prompt_mask)
 
     @torch.no_grad()

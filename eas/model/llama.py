@@ -2,8 +2,12 @@
 
 Sequences are left-padded: every example's last prompt token sits in the same cache slot, so a
 batch decodes in lock-step. RoPE positions are per example (``positions``), cache slots are shared.
-A key mask says which cached keys later queries may see (padding and LaVIN's modality token are
+A key mask says which keys later queries may see (padding and LaVIN's modality token are
 invisible; every query still sees itself).
+
+Inference state is explicit (eas/model/state.py): ``prefill`` and ``decode_step`` take and return
+a dict of tensors, so the same functions export, compile and map onto a C++ runtime's buffers.
+Layers listed in ``cfg.no_attention`` / ``cfg.no_ffn`` have that unit physically absent.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from eas.model.config import LlamaConfig
-from eas.model.kv_cache import KVCache
+from eas.model.state import State, advance, new_state, write_kv
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -52,13 +56,31 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.flatten(-2).type_as(x)
 
 
-def attention_mask(key_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
-    """Boolean [B, 1, T, S] mask for the last T of S slots: causal, visible keys, and the diagonal."""
+def attention_mask(key_mask: torch.Tensor, first_query: torch.Tensor | int, n_queries: int) -> torch.Tensor:
+    """Boolean [B, 1, T, S]: query t sits in slot first_query + t and sees visible keys up to its
+    own slot, and always itself. key_mask [B, S] covers every slot the queries may read."""
     S = key_mask.shape[1]
-    q_slot = torch.arange(S - n_queries, S, device=key_mask.device)[:, None]
+    q_slot = (first_query + torch.arange(n_queries, device=key_mask.device))[:, None]
     k_slot = torch.arange(S, device=key_mask.device)[None, :]
     allowed = (k_slot <= q_slot) & (key_mask[:, None, :] | (k_slot == q_slot))
     return allowed[:, None]
+
+
+@dataclass
+class Context:
+    """What every block of one forward pass shares.
+
+    state: None for a stateless pass (training, scoring); at prefill an empty state that the pass
+    fills; at decode the state it reads and updates. prompt_mask marks the prompt positions of
+    this pass (what adapters may summarise); key_mask its keys that later queries may see.
+    """
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor
+    key_mask: torch.Tensor
+    prompt_mask: torch.Tensor
+    state: State | None = None
+    decoding: bool = False
 
 
 class Attention(nn.Module):
@@ -70,112 +92,55 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, q, k, v, cos, sin, mask, cache: KVCache | None, layer: int):
-        """q, k, v: projected activations [B, T, H*D]; returns wo(attention)."""
+    def forward(self, xn: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
+        return self.attend(self.wq(xn), self.wk(xn), self.wv(xn), ctx, layer)
+
+    def attend(self, q, k, v, ctx: Context, layer: int) -> torch.Tensor:
+        """Attention of projected activations q, k, v [B, T, H*D]; returns wo(attention)."""
         B, T, _ = q.shape
-        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), ctx.cos, ctx.sin)
+        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), ctx.cos, ctx.sin)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
+        if ctx.state is not None:
+            k, v = write_kv(ctx.state, layer, k, v, ctx.decoding)
         S, rep = k.shape[1], self.n_heads // self.n_kv_heads
         k = k.transpose(1, 2)[:, :, None].expand(B, self.n_kv_heads, rep, S, self.head_dim)
         v = v.transpose(1, 2)[:, :, None].expand(B, self.n_kv_heads, rep, S, self.head_dim)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.reshape(B, self.n_heads, S, self.head_dim),
-            v.reshape(B, self.n_heads, S, self.head_dim), attn_mask=mask)
+            v.reshape(B, self.n_heads, S, self.head_dim), attn_mask=ctx.mask)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 
 class FeedForward(nn.Module):
-    def __init__(self, cfg: LlamaConfig, bias: bool = False):
+    def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=bias)
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=bias)
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
 
-    def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
-        """delta: optional correction of the concatenated [w1 x | w3 x] (merged adapters)."""
-        gate, up = self.w1(x), self.w3(x)
-        if delta is not None:
-            d_gate, d_up = delta.chunk(2, dim=-1)
-            gate, up = gate + d_gate, up + d_up
-        return self.w2(F.silu(gate) * up)
-
-
-@dataclass
-class Context:
-    """What every block of one forward pass shares."""
-    cos: torch.Tensor
-    sin: torch.Tensor
-    mask: torch.Tensor
-    cache: KVCache | None
-    pool_mask: torch.Tensor   # prompt positions that adapters pool over
-    route_mask: torch.Tensor  # prompt positions the routers read (pool_mask minus invisible tokens)
-
-    def state(self, module, xn: torch.Tensor):
-        """Per-example adapter state: recomputed without a cache, frozen at prefill with one."""
-        if self.cache is None:
-            return module.context(xn, self.pool_mask, self.route_mask)
-        if module not in self.cache.frozen:
-            self.cache.frozen[module] = module.context(xn, self.pool_mask, self.route_mask)
-        return self.cache.frozen[module]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class Block(nn.Module):
-    """Pre-norm LLaMA block. ``skipped``: no attention; ``ffn_skipped``: no FFN (both: the layer).
-
-    The optional modules are EAS extension points (eas/eas_model.py, eas/merge.py), each with
-    ``context(xn, pool_mask, route_mask) -> state`` and ``forward(xn, state)``:
-    adapter_attn (PIA-A, before attention), adapter_skip (PIA-S: replaces attention and feeds the
-    FFN, or replaces a skipped FFN/layer by its Δ), attn_delta / ffn_delta (merged form: per-example
-    correction of [q|k|v] / [w1 x|w3 x]), residual_adapter (merged form of a skipped FFN/layer:
-    PIA-S's Δ on the gain-free normalised input, the norm's gain folded into it).
-    """
+    """Pre-norm LLaMA block; its attention or FFN is absent where the config says so."""
 
     def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
         self.layer = layer
-        self.skipped = layer in cfg.skip_layers
-        self.ffn_skipped = layer in cfg.skip_ffn_layers
-        self.eps = cfg.norm_eps
-        self.attention_norm = None if self.skipped else RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attention = None if self.skipped else Attention(cfg)
-        self.ffn_norm = None if self.ffn_skipped else RMSNorm(cfg.dim, cfg.norm_eps)
-        self.feed_forward = None if self.ffn_skipped else FeedForward(cfg, bias=cfg.ffn_bias and self.skipped)
-        self.adapter_attn = self.adapter_skip = self.attn_delta = self.ffn_delta = self.residual_adapter = None
+        has_attention, has_ffn = layer not in cfg.no_attention, layer not in cfg.no_ffn
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps) if has_attention else None
+        self.attention = Attention(cfg) if has_attention else None
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps) if has_ffn else None
+        self.feed_forward = FeedForward(cfg) if has_ffn else None
 
-    def _delta(self, module, xn, ctx: Context):
-        return None if module is None else module(xn, ctx.state(module, xn))
-
-    def forward(self, x, ctx: Context):
-        if self.skipped and not self.ffn_skipped and self.adapter_skip is not None:
-            xn = self.attention_norm(x)  # eas_method.md §1.4: x + FFN(γ_ffn ⊙ PIA-S(RMSNorm_att(x)))
-            z = xn + self.adapter_skip(xn, ctx.state(self.adapter_skip, xn))
-            return x + self.feed_forward(self.ffn_norm.weight * z)
-        h = x if self.skipped else self._attend(x, ctx)
-        if not self.ffn_skipped:
-            xn = self.ffn_norm(h)
-            return h + self.feed_forward(xn, self._delta(self.ffn_delta, xn, ctx))
-        if self.adapter_skip is not None:  # DAS-style: the removed unit's input norm, then Δ
-            xn = (self.attention_norm if self.skipped else self.ffn_norm)(h)
-            return h + self.adapter_skip(xn, ctx.state(self.adapter_skip, xn))
-        if self.residual_adapter is not None:
-            xn = rms_normalize(h, self.eps)
-            return h + self.residual_adapter(xn, ctx.state(self.residual_adapter, xn))
-        return h
-
-    def _attend(self, x, ctx: Context):
-        xn = self.attention_norm(x)
-        if self.adapter_attn is not None:
-            xn = xn + self.adapter_attn(xn, ctx.state(self.adapter_attn, xn))
-        a = self.attention
-        q, k, v = a.wq(xn), a.wk(xn), a.wv(xn)
-        delta = self._delta(self.attn_delta, xn, ctx)
-        if delta is not None:
-            dq, dk, dv = delta.split([q.shape[-1], k.shape[-1], v.shape[-1]], dim=-1)
-            q, k, v = q + dq, k + dk, v + dv
-        return x + a(q, k, v, ctx.cos, ctx.sin, ctx.mask, ctx.cache, self.layer)
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        if self.attention is not None:
+            x = x + self.attention(self.attention_norm(x), ctx, self.layer)
+        if self.feed_forward is not None:
+            x = x + self.feed_forward(self.ffn_norm(x))
+        return x
 
 
 class Llama(nn.Module):
@@ -187,7 +152,7 @@ class Llama(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         # Recompute each block's activations in backward instead of storing them (7B tuning on
-        # one GPU); training path only, the cached inference path never checkpoints.
+        # one GPU); the stateless training path only.
         self.grad_checkpointing = False
         self.init_buffers()
 
@@ -210,32 +175,41 @@ class Llama(nn.Module):
                 nn.init.normal_(p, std=std, generator=generator)
         return self
 
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+    def new_state(self, batch: int, max_len: int, dtype=None, device=None) -> State:
+        """Empty inference state: K/V buffers [batch, max_len, ...] for the layers with attention."""
+        if max_len > 2 * self.cfg.max_seq_len:
+            raise ValueError(f"state length {max_len} exceeds the RoPE table (2 x max_seq_len={self.cfg.max_seq_len})")
         p = self.tok_embeddings.weight
-        return KVCache(self.cfg, batch, max_len, dtype or p.dtype, device or p.device)
+        return new_state(self.cfg, batch, max_len, dtype or p.dtype, device or p.device)
 
-    def hidden(self, h, positions, key_mask, cache: KVCache | None = None, prompt_mask=None):
-        """Run the decoder stack on embeddings h [B, T, C]; returns final-norm hidden states.
-
-        prompt_mask [B, T]: positions adapters may pool over (default: the visible keys). Routers
-        read prompt_mask & key_mask, so LaVIN's modality token is pooled but not routed on.
-        """
-        T = h.shape[1]
-        if prompt_mask is None:
-            prompt_mask = key_mask
-        route_mask = prompt_mask & key_mask
-        all_keys = key_mask if cache is None else cache.extend_mask(key_mask)
-        ctx = Context(self.rope_cos[positions], self.rope_sin[positions], attention_mask(all_keys, T),
-                      cache, prompt_mask, route_mask)
-        checkpointing = self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled()
+    def run_blocks(self, h: torch.Tensor, ctx: Context) -> torch.Tensor:
+        checkpointing = (self.grad_checkpointing and self.training and ctx.state is None
+                         and torch.is_grad_enabled())
         for block in self.layers:
             h = checkpoint(block, h, ctx, use_reentrant=False) if checkpointing else block(h, ctx)
-        if cache is not None:
-            cache.advance(T)
         return self.norm(h)
 
+    def context(self, positions, key_mask, prompt_mask=None, state: State | None = None, decoding=False) -> Context:
+        """prompt_mask [B, T]: prompt positions (default: the visible keys)."""
+        T = positions.shape[1]
+        if state is None:
+            mask = attention_mask(key_mask, 0, T)
+        else:
+            all_keys = state["key_mask"]
+            first = state["length"]
+            all_keys.index_copy_(1, first + torch.arange(T, device=all_keys.device), key_mask)
+            if not decoding:  # prefill: the prompt's own T slots are all there is
+                all_keys = all_keys[:, :T]
+            mask = attention_mask(all_keys, first, T)
+        return Context(self.rope_cos[positions], self.rope_sin[positions], mask, key_mask,
+                       key_mask if prompt_mask is None else prompt_mask, state, decoding)
+
+    def hidden(self, h, positions, key_mask, prompt_mask=None) -> torch.Tensor:
+        """Stateless pass over embeddings h [B, T, C] (training, scoring): final-norm hidden states."""
+        return self.run_blocks(h, self.context(positions, key_mask, prompt_mask))
+
     def forward(self, tokens, positions=None, key_mask=None):
-        """Training/scoring path without a cache: logits at every position."""
+        """Training/scoring path without state: logits at every position."""
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device).expand(B, T)
@@ -243,15 +217,17 @@ class Llama(nn.Module):
             key_mask = torch.ones(B, T, dtype=torch.bool, device=tokens.device)
         return self.output(self.hidden(self.tok_embeddings(tokens), positions, key_mask))
 
-    def prefill(self, h, positions, key_mask, cache: KVCache, prompt_mask=None) -> torch.Tensor:
-        """Embeddings of a left-padded prompt batch -> logits of the last position [B, V].
+    def prefill(self, h, positions, key_mask, state: State, prompt_mask=None) -> tuple[torch.Tensor, State]:
+        """Embeddings of a left-padded prompt batch and an empty state -> (last-position logits
+        [B, V], state). Adapters compute their per-example tensors here and store them in state."""
+        ctx = self.context(positions, key_mask, prompt_mask, state)
+        logits = self.output(self.run_blocks(h, ctx)[:, -1])
+        return logits, advance(state, h.shape[1])
 
-        Adapter routing and pooling are computed here and frozen in the cache for decoding.
-        """
-        return self.output(self.hidden(h, positions, key_mask, cache, prompt_mask)[:, -1])
-
-    def decode_step(self, tokens, positions, cache: KVCache) -> torch.Tensor:
-        """One new token per example (tokens, positions: [B]) -> logits [B, V]."""
+    def decode_step(self, tokens, positions, state: State) -> tuple[torch.Tensor, State]:
+        """One new token per example (tokens, positions: [B]) -> (logits [B, V], state)."""
         h = self.tok_embeddings(tokens[:, None])
         visible = torch.ones_like(tokens, dtype=torch.bool)[:, None]
-        return self.output(self.hidden(h, positions[:, None], visible, cache)[:, -1])
+        ctx = self.context(positions[:, None], visible, None, state, decoding=True)
+        logits = self.output(self.run_blocks(h, ctx)[:, -1])
+        return logits, advance(state, 1)

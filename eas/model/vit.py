@@ -45,11 +45,16 @@ class SelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, qkv_delta: torch.Tensor | None = None) -> torch.Tensor:
-        B, N, C = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        if qkv_delta is not None:  # merged dynamic adapter: per-image routed correction
-            qkv = qkv + qkv_delta
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(self.qkv(x))
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.in_proj_weight, self.in_proj_bias)
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Attention of the packed projection [B, N, 3C]; returns out_proj(attention)."""
+        B, N, C3 = qkv.shape
+        C = C3 // 3
         q, k, v = qkv.view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(B, N, C))
@@ -67,30 +72,23 @@ class Mlp(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """EAS extension points (None in a plain tower): adapter_attn, a PIA-A between ln_1 and the
-    attention, and attn_delta, its merged dynamic form correcting the packed q/k/v projection.
-    Both route on the mean of the patch tokens (CLS excluded), per image."""
-
     def __init__(self, width: int, heads: int, mlp_hidden: int):
         super().__init__()
         self.ln_1 = LayerNorm(width)
         self.attn = SelfAttention(width, heads)
         self.ln_2 = LayerNorm(width)
         self.mlp = Mlp(width, mlp_hidden)
-        self.adapter_attn = self.attn_delta = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xn = self.ln_1(x)
-        delta = None
-        if self.adapter_attn is not None or self.attn_delta is not None:
-            patches = torch.ones(xn.shape[:2], dtype=torch.bool, device=xn.device)
-            patches[:, 0] = False
-            if self.adapter_attn is not None:
-                xn = xn + self.adapter_attn(xn, self.adapter_attn.context(xn, patches, patches))
-            if self.attn_delta is not None:
-                delta = self.attn_delta(xn, self.attn_delta.context(xn, patches, patches))
-        x = x + self.attn(xn, delta)
+        x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+
+def patch_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """[B, N] True on the patch tokens, False on CLS (slot 0)."""
+    mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+    mask[:, 0] = False
+    return mask
 
 
 class Transformer(nn.Module):

@@ -370,7 +370,7 @@ class Tuner:
             "accuracy": {k: v["accuracy"] for k, v in results.items()}, "results": results,
             "params": trainable_report(model), "router_constants": forms["static"].merge_info["router_constants"],
             "merged": {"path": str(self.out / "merged.pt"), "mode": cfg.merge},
-            "kv_cache_share": len(shipped.llama.cfg.kept_layers) / self.n_units,
+            "kv_cache_share": len(shipped.llama.cfg.attention_layers) / self.n_units,
             "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
             "skipped_files": self.skipped_files, "skipped_batches": self.skipped_batches,
             "warnings": self.task.warnings, "world_size": self.world,

@@ -1,0 +1,149 @@
+"""The layers of a merged EAS model (eas_method.md §2): what remains after the adapters are folded.
+
+static:  kept layers are plain LLaMA layers (PIA-A folded into q/k/v and their biases); a layer
+         whose attention was skipped is a plain FFN layer with W1/W3 biases plus PIA-S's pooled
+         term as a per-example bias (PooledBias), computed at prefill and carried in the state.
+dynamic: exact per-example routing at any batch size: the weights stay, plus a routed rank-2r
+         correction (RoutedDelta) with the up-projections pre-multiplied by W.
+A skipped FFN or whole layer (the `ffn`/`layer` units) has no linear neighbour to fold into: its
+PIA-S Δ stays (ResidualAdapterBlock), on the gain-free normalised input, routes fixed in `static`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eas.adapters.pia import PIA, PIAState, RoutedDown, masked_mean
+from eas.model.config import LlamaConfig
+from eas.model.llama import Block, Context, FeedForward, RMSNorm, rms_normalize
+from eas.model.state import per_example
+from eas.model.vit import patch_mask
+
+MODES = ("static", "dynamic")
+
+
+class PooledBias(nn.Module):
+    """Static merge of PIA-S: per-example bias of [W1 | W3] = proj · (W_A mean_prompt(x̂) + b_A)."""
+
+    def __init__(self, dim: int, hidden: int, out_features: int):
+        super().__init__()
+        self.down_pool = nn.Linear(dim, hidden)
+        self.proj = nn.Parameter(torch.zeros(out_features, hidden))
+
+    def delta(self, xn: torch.Tensor, ctx: Context, name: str) -> torch.Tensor:
+        bias = per_example(ctx.state, f"{name}.bias", ctx.decoding,
+                           lambda: self.down_pool(masked_mean(xn, ctx.prompt_mask)) @ self.proj.T)
+        return bias[:, None]
+
+
+class RoutedDelta(RoutedDown):
+    """Dynamic merge: Σ_j w_j (W U_j H + W c_j) for the stacked targets W, as one rank-2r product."""
+
+    def __init__(self, dim: int, hidden: int, pooled: bool, out_features: int, temperature: float):
+        super().__init__(dim, hidden, pooled, temperature)
+        self.up = nn.Parameter(torch.zeros(out_features, 2 * hidden))
+        self.route_bias = nn.Parameter(torch.zeros(out_features, 2))
+
+    def forward(self, xn: torch.Tensor, state: PIAState) -> torch.Tensor:
+        h = self.hidden(xn, state)
+        w = state.route[:, None]
+        return torch.cat((w[..., :1] * h, w[..., 1:] * h), -1) @ self.up.T + w @ self.route_bias.T
+
+    def delta(self, xn: torch.Tensor, ctx: Context, name: str) -> torch.Tensor:
+        return self(xn, self.frozen_context(xn, ctx, name))
+
+
+def _attend(block, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """x + attention, with the routed q/k/v correction where the block has one."""
+    xn = block.attention_norm(x)
+    att = block.attention
+    delta = getattr(block, "attn_delta", None)
+    if delta is None:
+        return x + att(xn, ctx, block.layer)
+    q, k, v = att.wq(xn), att.wk(xn), att.wv(xn)
+    dq, dk, dv = delta.delta(xn, ctx, f"layers.{block.layer}.attn_delta").split(
+        [q.shape[-1], k.shape[-1], v.shape[-1]], dim=-1)
+    return x + att.attend(q + dq, k + dk, v + dv, ctx, block.layer)
+
+
+class RoutedAttentionBlock(Block):
+    """A kept layer, dynamic merge: q/k/v plus the routed rank-2r correction of PIA-A."""
+
+    def __init__(self, cfg: LlamaConfig, layer: int, adapter_dim: int, temperature: float):
+        super().__init__(cfg, layer)
+        qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+        self.attn_delta = RoutedDelta(cfg.dim, adapter_dim, False, qkv, temperature)
+
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        h = _attend(self, x, ctx)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class SkippedAttentionBlock(Block):
+    """A layer whose attention PIA-S replaced: x + W2(silu(W1' x̂ + b1 + d1) ⊙ (W3' x̂ + b3 + d3)),
+    x̂ = RMSNorm_att(x) (ffn_norm carries γ_att), d the per-example PooledBias or RoutedDelta."""
+
+    def __init__(self, cfg: LlamaConfig, layer: int, mode: str, skip_dim: int, temperature: float):
+        super().__init__(cfg, layer)
+        self.feed_forward.w1 = nn.Linear(cfg.dim, cfg.hidden_dim)
+        self.feed_forward.w3 = nn.Linear(cfg.dim, cfg.hidden_dim)
+        self.ffn_delta = (PooledBias(cfg.dim, skip_dim, 2 * cfg.hidden_dim) if mode == "static" else
+                          RoutedDelta(cfg.dim, skip_dim, True, 2 * cfg.hidden_dim, temperature))
+
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        xn, ffn = self.ffn_norm(x), self.feed_forward
+        d_gate, d_up = self.ffn_delta.delta(xn, ctx, f"layers.{self.layer}.ffn_delta").chunk(2, dim=-1)
+        return x + ffn.w2(F.silu(ffn.w1(xn) + d_gate) * (ffn.w3(xn) + d_up))
+
+
+class ResidualAdapterBlock(Block):
+    """A layer whose FFN (or whole layer) PIA-S replaced: h + Δ(RMSNorm(h)) without a gain, the
+    gain folded into Δ's input side; h = the attention's output, or x where the layer is gone."""
+
+    def __init__(self, cfg: LlamaConfig, layer: int, mode: str, info: dict):
+        super().__init__(cfg, layer)
+        if self.attention is not None and mode == "dynamic":
+            qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+            self.attn_delta = RoutedDelta(cfg.dim, info["adapter_dim"], False, qkv, info["temperature"])
+        self.eps = cfg.norm_eps
+        self.residual_adapter = PIA(cfg.dim, info["skip_dim"], True, info.get("groups", 2), info["temperature"],
+                                    info.get("scale", 1.0), dropout=0.0)
+        if mode == "static":
+            self.residual_adapter.fixed_route = torch.zeros(2)  # shape only; the loaded state fills it
+
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        h = x if self.attention is None else _attend(self, x, ctx)
+        xn = rms_normalize(h, self.eps)
+        pia = self.residual_adapter
+        return h + pia(xn, pia.frozen_context(xn, ctx, f"layers.{self.layer}.residual_adapter"))
+
+
+def merged_block(cfg: LlamaConfig, layer: int, info: dict) -> nn.Module:
+    """The layer `layer` of a merged model of config `cfg` (merged_config) and merge `info`."""
+    mode = info["mode"]
+    if mode not in MODES:
+        raise ValueError(f"merge mode must be one of {MODES}, got {mode!r}")
+    if layer in cfg.no_ffn:
+        return ResidualAdapterBlock(cfg, layer, mode, info)
+    if layer in cfg.no_attention:
+        return SkippedAttentionBlock(cfg, layer, mode, info["skip_dim"], info["temperature"])
+    if mode == "dynamic":
+        return RoutedAttentionBlock(cfg, layer, info["adapter_dim"], info["temperature"])
+    return Block(cfg, layer)
+
+
+class RoutedViTBlock(nn.Module):
+    """A CLIP ViT block, dynamic merge: the packed q/k/v plus PIA-A's routed correction, per image."""
+
+    def __init__(self, block, width: int, adapter_dim: int, temperature: float):
+        super().__init__()
+        self.ln_1, self.attn, self.ln_2, self.mlp = block.ln_1, block.attn, block.ln_2, block.mlp
+        self.attn_delta = RoutedDelta(width, adapter_dim, False, 3 * width, temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xn = self.ln_1(x)
+        patches = patch_mask(xn)
+        delta = self.attn_delta(xn, self.attn_delta.context(xn, patches, patches))
+        x = x + self.attn.attend(self.attn.qkv(xn) + delta)
+        return x + self.mlp(self.ln_2(x))

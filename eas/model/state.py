@@ -1,0 +1,62 @@
+"""The explicit inference state of a decoder: a flat dict of named tensors, nothing else.
+
+    k.{layer}, v.{layer}   [B, max_len, n_kv_heads, head_dim]  only for layers with attention
+    key_mask               [B, max_len] bool                   slots later queries may see
+    length                 [] int64                            slots filled so far
+    adapter tensors        per example, frozen at prefill       named by the module that made them
+                                                                (e.g. layers.3.adapter_skip.route)
+
+Buffers are preallocated and written by index, in place, so their addresses never change (CUDA
+graphs, a C++ runtime's bindings); prefill fills slots 0..T-1, each decode step slot `length`.
+The names are the graph input/output names of the exported model.
+"""
+from __future__ import annotations
+
+import torch
+
+from eas.model.config import LlamaConfig
+
+State = dict[str, torch.Tensor]
+
+
+def new_state(cfg: LlamaConfig, batch: int, max_len: int, dtype, device) -> State:
+    shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+    state: State = {}
+    for i in cfg.attention_layers:
+        state[f"k.{i}"] = torch.zeros(shape, dtype=dtype, device=device)
+        state[f"v.{i}"] = torch.zeros(shape, dtype=dtype, device=device)
+    state["key_mask"] = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+    state["length"] = torch.zeros((), dtype=torch.long, device=device)
+    return state
+
+
+def write_kv(state: State, layer: int, k: torch.Tensor, v: torch.Tensor, decoding: bool):
+    """Store the new keys/values [B, T, H, D] of `layer` at slots length..length+T-1.
+
+    Returns what this pass attends over: at prefill the prompt's own k, v; at decode the whole
+    buffers (unfilled slots are masked by key_mask)."""
+    kb, vb = state[f"k.{layer}"], state[f"v.{layer}"]
+    slots = state["length"] + torch.arange(k.shape[1], device=kb.device)
+    kb.index_copy_(1, slots, k.to(kb.dtype))
+    vb.index_copy_(1, slots, v.to(vb.dtype))
+    return (kb, vb) if decoding else (k, v)
+
+
+def advance(state: State, n: int) -> State:
+    state["length"] = state["length"] + n
+    return state
+
+
+def kv_bytes(state: State) -> int:
+    """Bytes held by the K/V buffers (the part of the state that grows with context)."""
+    return sum(t.numel() * t.element_size() for name, t in state.items() if name[:2] in ("k.", "v."))
+
+
+def per_example(state: State | None, name: str, decoding: bool, compute):
+    """An adapter's per-example tensor: computed every pass without a state, computed once at
+    prefill and stored under `name`, read back at decode."""
+    if state is None:
+        return compute()
+    if not decoding:
+        state[name] = compute()
+    return state[name]
