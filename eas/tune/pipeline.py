@@ -42,7 +42,7 @@ from eas.data.tasks import DataWarning, load_pixels, load_task
 from eas.tune.train import (TrainState, autocast_context, load_checkpoint, load_trainable_state, lr_at, make_optimizer,
                     save_checkpoint, train_step, trainable_state_dict)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "weights" / "tiny"
 STAGES = ("search", "finetune", "evaluate", "done")
 # Changing these between an interrupted run and its --resume does not change the result.
