@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eas.data import DataError, DataWarning
+from eas.data import DataWarning
 from eas.data.metrics import normalize_answer, task_scores
+from eas.errors import DataError
 
 AID_CLASS_DIRS = (
     "Airport", "BareLand", "BaseballField", "Beach", "Bridge", "Center", "Church", "Commercial",
@@ -39,17 +40,9 @@ _FILE_NAME = re.compile(r"^([a-z]+)_(\d+)\.jpe?g$", re.IGNORECASE)
 @dataclass(frozen=True)
 class AidExample:
     image: Path
-    label: str
+    target: str  # the class label, which is the whole answer
     index: int  # the <n> of the file name
     prompt: str = AID_PROMPT
-
-    @property
-    def target(self) -> str:
-        return self.label
-
-    @property
-    def answer(self) -> str:
-        return self.label
 
 
 @dataclass
@@ -59,16 +52,13 @@ class AidScan:
     warnings: list[str] = field(default_factory=list)
     synthetic: bool = False
 
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(e.label for e in self.examples))
-
 
 def scan_aid(root: str | Path, require_all_classes: bool = True) -> AidScan:
     """List the images under an AID root without decoding them.
 
     Bad layout (no root, no class folders, an unknown folder, a missing class) is an error naming
     the path; stray files are skipped with a warning. Corrupt images surface when they are read
-    (`eas.data.iter_readable`), since decoding 10,000 files just to list them is too slow.
+    (`eas.data.tasks.load_pixels`), since decoding 10,000 files just to list them is too slow.
     """
     root = Path(root)
     if not root.is_dir():
@@ -124,11 +114,6 @@ class AidSplit:
     val: list[AidExample]    # held out of tuning, scored by the search reward
     test: list[AidExample]   # the paper's test part, never seen by search or tuning
 
-    @property
-    def train_full(self) -> list[AidExample]:
-        """The paper's whole train part (train + val), e.g. 2,000 images in the 20 % setting."""
-        return sorted(self.train + self.val, key=_order)
-
 
 def split_aid(examples: Sequence[AidExample], train_fraction: float, seed: int = 0,
               val_fraction: float = 0.1) -> AidSplit:
@@ -146,7 +131,7 @@ def split_aid(examples: Sequence[AidExample], train_fraction: float, seed: int =
         raise DataError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     by_class: dict[str, list[AidExample]] = {}
     for e in sorted(examples, key=_order):
-        by_class.setdefault(e.label, []).append(e)
+        by_class.setdefault(e.target, []).append(e)
     small = [label for label, items in by_class.items() if len(items) < (3 if val_fraction else 2)]
     if small:
         raise DataError(f"AID classes {small} have too few images to give every part one")
@@ -179,7 +164,7 @@ def paper_split(examples: Sequence[AidExample], setting: str, seed: int = 0,
 
 
 def _order(e: AidExample) -> tuple:
-    return AID_LABELS.index(e.label), e.index, e.image.name
+    return AID_LABELS.index(e.target), e.index, e.image.name
 
 
 def _stratified_counts(sizes: dict[str, int], fraction: float, low: int,
@@ -209,8 +194,8 @@ def score_aid(predictions: Sequence[str], examples: Sequence[AidExample]) -> dic
     hits: Counter = Counter()
     totals: Counter = Counter()
     for prediction, example in zip(predictions, examples):
-        totals[example.label] += 1
-        hits[example.label] += normalize_answer(prediction) == normalize_answer(example.label)
+        totals[example.target] += 1
+        hits[example.target] += normalize_answer(prediction) == normalize_answer(example.target)
     per_class = {label: (hits[label], totals[label]) for label in AID_LABELS if totals[label]}
     return task_scores(sum(hits.values()), len(examples), per_class,
                        "exact match of the normalised class label")

@@ -15,13 +15,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from eas.errors import CheckpointError
 from eas.model.config import LavinConfig, LlamaConfig, load_config, save_config
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def _listing(keys, limit: int = 8) -> str:

@@ -12,9 +12,7 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
-
-class TokenizerError(ValueError):
-    pass
+from eas.errors import TokenizerError
 
 
 class Tokenizer:
