@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from eas.io.checkpoint import CheckpointError, load_model, save_model
+from eas.errors import CheckpointError
+from eas.io.checkpoint import load_model, save_model
 from eas.model.config import LlamaConfig
 from eas.model.llama import Llama
 from eas.io.load_llama import load_llama
@@ -342,3 +343,16 @@ def test_missing_config_names_the_directory(tmp_path):
         load_llama(tmp_path / "nothing")
     with pytest.raises(CheckpointError, match=r"nothing: no config\.json"):
         load_model(tmp_path / "nothing")
+
+
+def test_failed_save_leaves_no_partial_file(model, tmp_path, monkeypatch):
+    save_model(model, tmp_path / "own")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "own").iterdir()}
+
+    def full_disk(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half a header")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("eas.io.checkpoint.save_file", full_disk)
+    with pytest.raises(CheckpointError, match=r"cannot write .*own/model\.safetensors: No space left"):
+        save_model(Llama(LlamaConfig.named("test")), tmp_path / "own")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "own").iterdir()} == before
