@@ -21,11 +21,9 @@ from eas.io.checkpoint import load_model, save_model
 from eas.model.config import LlamaConfig
 from eas.model.llama import Llama
 from eas.io.load_llama import load_llama
-from helpers import rel_err
+from helpers import rel_err, write_meta
 
 REPO = Path(__file__).resolve().parents[1]
-# fairscale layout of Meta's release: embedding width, column-parallel rows, row-parallel columns.
-MP_DIM = {"tok_embeddings": 1, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w3": 0, "w2": 1, "output": 0}
 HF_LAYER_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
                   "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
                   "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
@@ -50,24 +48,6 @@ def logits(m, tokens):
 
 
 # ---- writers in each release format ------------------------------------------------------------
-
-def write_meta(model, folder: Path, n_shards: int = 2) -> list[dict]:
-    folder.mkdir()
-    shards = [{"rope.freqs": torch.randn(model.cfg.head_dim // 2)} for _ in range(n_shards)]
-    for k, v in model.state_dict().items():
-        dim = MP_DIM.get(k.rsplit(".", 2)[-2])
-        pieces = [v] * n_shards if dim is None else v.chunk(n_shards, dim)
-        for shard, piece in zip(shards, pieces):
-            shard[k] = piece.clone()  # a saved view would carry the whole storage
-    for i, shard in enumerate(shards):
-        torch.save(shard, folder / f"consolidated.{i:02d}.pth")
-    c = model.cfg
-    (folder / "params.json").write_text(json.dumps(
-        dict(dim=c.dim, multiple_of=c.multiple_of, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
-             n_layers=c.n_layers, norm_eps=c.norm_eps, vocab_size=-1, max_seq_len=c.max_seq_len)))
-    (folder.parent / "tokenizer.model").write_bytes(b"sentencepiece stand-in")  # Meta: beside 7B/
-    return shards
-
 
 def hf_tensors(model) -> dict[str, torch.Tensor]:
     """HF names, q/k rows permuted as HF's convert_llama_weights_to_hf.py does."""

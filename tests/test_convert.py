@@ -13,6 +13,7 @@ from eas.io.load_clip import load_vision
 from eas.model.config import LlamaConfig, VisionConfig
 from eas.model.llama import Llama
 from eas.model.vit import VisionTransformer
+from helpers import openai_clip_state
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP_CFG = VisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=1, output_dim=24)
@@ -36,11 +37,8 @@ def convert_llama():
 
 
 def clip_state(gen) -> tuple[VisionTransformer, dict]:
-    """A random tower and the OpenAI-layout state dict that holds it next to a text tower."""
     vit = VisionTransformer(CLIP_CFG).init_weights(gen)
-    state = {f"visual.{k}": v.clone() for k, v in vit.state_dict().items()}
-    state.update({"logit_scale": torch.tensor(4.6), "token_embedding.weight": torch.zeros(10, 8)})
-    return vit, state
+    return vit, openai_clip_state(vit)
 
 
 def fails_cleanly(main, argv, culprit: str, root: Path, capsys) -> None:
