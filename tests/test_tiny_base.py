@@ -72,3 +72,27 @@ def test_recipe_reproduces_first_losses():
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["match"]
+
+
+def test_recipe_schedule_warms_up_then_decays_to_a_tenth():
+    from pretrain_tiny import LR, WARMUP, schedule
+    total = 2400
+    assert schedule(0, total) == pytest.approx(LR / WARMUP)  # the first update already moves the weights
+    assert schedule(WARMUP - 1, total) == pytest.approx(LR)
+    halfway = WARMUP + (total - WARMUP) // 2 - 1
+    assert schedule(halfway, total) == pytest.approx(0.1 * LR + 0.9 * LR * 0.5)
+    assert schedule(total - 1, total) == pytest.approx(0.1 * LR)
+    assert schedule(2, 3) == schedule(2, total)  # a short --check run sees the recipe's rates
+
+
+def test_unreadable_resume_state_names_the_file(tmp_path):
+    from eas.errors import CheckpointError
+    from pretrain_tiny import load_state
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    (tmp_path / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"state\.pt.*delete it to start over"):
+        load_state(tmp_path / "state.pt", model, opt)
+    torch.save({"model": model.state_dict()}, tmp_path / "state.pt")  # no optimizer state
+    with pytest.raises(CheckpointError, match="'opt'"):
+        load_state(tmp_path / "state.pt", model, opt)

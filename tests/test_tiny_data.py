@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eas.data.aid import AID_PROMPT
 from weights import tiny_data as td
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,7 +187,7 @@ def test_shipped_tokenizer_ids_and_exact_round_trip(sp):
     assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, -1)
     assert sp.id_to_piece(sp.encode("\n")[-1]) == "\n"
     samples = ["", " ", "  two  spaces ", "\t\ttabs\n\n", "emoji 🚀 中文 ünïcödé", "Image: N/A",
-               td.DOWNSTREAM_PROMPT + " storagetanks", *td.task_text_lines(n_captions=20)]
+               AID_PROMPT + " storagetanks", *td.task_text_lines(n_captions=20)]
     samples += [d.text for d in td.text_documents("heldout")[:200]]
     for s in samples:
         assert sp.decode(sp.encode(s)) == s, repr(s)
