@@ -63,8 +63,28 @@ def scan_aid(root: str | Path, require_all_classes: bool = True) -> AidScan:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"AID root {root} does not exist or is not a folder")
-    expected = ", ".join(AID_CLASS_DIRS)
     notes: list[str] = []
+    folders = _class_folders(root, notes)
+    examples: list[AidExample] = []
+    for label, folder in folders.items():
+        found = _class_images(folder, label, notes)
+        if not found and require_all_classes:
+            raise DataError(f"AID class folder {folder} holds no {label}_<n>.jpg images")
+        examples += found
+    missing = [d for d, label in zip(AID_CLASS_DIRS, AID_LABELS) if label not in folders]
+    if missing and require_all_classes:
+        raise DataError(f"AID root {root} lacks class folder(s) {', '.join(missing)}")
+    if notes:
+        shown = "; ".join(notes[:3]) + ("; ..." if len(notes) > 3 else "")
+        warnings.warn(f"AID scan of {root}: skipped {len(notes)} entries: {shown}", DataWarning,
+                      stacklevel=2)
+    examples.sort(key=_order)
+    return AidScan(root, examples, notes, (root / SYNTHETIC_MARKER).is_file())
+
+
+def _class_folders(root: Path, notes: list[str]) -> dict[str, Path]:
+    """label -> class folder, in AID_LABELS order; stray entries are appended to `notes`."""
+    expected = ", ".join(AID_CLASS_DIRS)
     folders: dict[str, Path] = {}
     for entry in sorted(root.iterdir()):
         if entry.name == SYNTHETIC_MARKER:
@@ -82,30 +102,19 @@ def scan_aid(root: str | Path, require_all_classes: bool = True) -> AidScan:
         folders[label] = entry
     if not folders:
         raise DataError(f"AID root {root} holds no class folders; expected {expected}")
+    return {label: folders[label] for label in AID_LABELS if label in folders}
 
-    examples: list[AidExample] = []
-    for label in AID_LABELS:
-        if label not in folders:
+
+def _class_images(folder: Path, label: str, notes: list[str]) -> list[AidExample]:
+    """The <label>_<n>.jpg files of one class folder; anything else is appended to `notes`."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        match = _FILE_NAME.match(path.name)
+        if not path.is_file() or match is None or match.group(1).lower() != label:
+            notes.append(f"stray entry {path} (expected {label}_<n>.jpg)")
             continue
-        found = 0
-        for path in sorted(folders[label].iterdir()):
-            match = _FILE_NAME.match(path.name)
-            if not path.is_file() or match is None or match.group(1).lower() != label:
-                notes.append(f"stray entry {path} (expected {label}_<n>.jpg)")
-                continue
-            examples.append(AidExample(path, label, int(match.group(2))))
-            found += 1
-        if found == 0 and require_all_classes:
-            raise DataError(f"AID class folder {folders[label]} holds no {label}_<n>.jpg images")
-    missing = [d for d, label in zip(AID_CLASS_DIRS, AID_LABELS) if label not in folders]
-    if missing and require_all_classes:
-        raise DataError(f"AID root {root} lacks class folder(s) {', '.join(missing)}")
-    if notes:
-        shown = "; ".join(notes[:3]) + ("; ..." if len(notes) > 3 else "")
-        warnings.warn(f"AID scan of {root}: skipped {len(notes)} entries: {shown}", DataWarning,
-                      stacklevel=2)
-    examples.sort(key=_order)
-    return AidScan(root, examples, notes, (root / SYNTHETIC_MARKER).is_file())
+        found.append(AidExample(path, label, int(match.group(2))))
+    return found
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ HF_NAMES = [(re.compile(pattern), meta) for pattern, meta in [
     (r"model\.layers\.(\d+)\.input_layernorm\.weight", r"layers.\1.attention_norm.weight"),
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"layers.\1.ffn_norm.weight"),
 ]]
-HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # old exports saved it
+HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # some exports store HF's RoPE table
 HF_INDEX, HF_SINGLE = "model.safetensors.index.json", "model.safetensors"
 
 
