@@ -7,7 +7,7 @@ from eas.io.assemble import assemble_lavin
 from eas.model.config import LlamaConfig, VisionConfig
 from eas.model.llama import Llama
 from eas.model.vit import VisionTransformer
-from test_checkpoints import write_meta
+from helpers import openai_clip_state, write_meta
 
 
 def test_assembled_model_carries_both_checkpoints(tmp_path, gen):
@@ -16,8 +16,7 @@ def test_assembled_model_carries_both_checkpoints(tmp_path, gen):
     # CLIP's heads are 64 wide, so the loader infers heads = width / 64: use a 64-wide tower.
     cfg = VisionConfig(image_size=32, patch_size=8, width=64, layers=6, heads=1, output_dim=32)
     vit = VisionTransformer(cfg).init_weights(gen).eval()
-    torch.save({"visual." + k: v for k, v in vit.state_dict().items()} | {"logit_scale": torch.tensor(4.6)},
-               tmp_path / "clip.pt")
+    torch.save(openai_clip_state(vit), tmp_path / "clip.pt")
     model, tokenizer = assemble_lavin(tmp_path / "7B", tmp_path / "clip.pt", seed=3)
     assert tokenizer == tmp_path / "tokenizer.model"
     assert model.cfg.tap_blocks == (0, 1, 2, 3, 4, 5)

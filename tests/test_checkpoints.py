@@ -16,15 +16,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from eas.io.checkpoint import CheckpointError, load_model, save_model
+from eas.errors import CheckpointError
+from eas.io.checkpoint import load_model, save_model
 from eas.model.config import LlamaConfig
 from eas.model.llama import Llama
 from eas.io.load_llama import load_llama
-from helpers import rel_err
+from helpers import rel_err, write_meta
 
 REPO = Path(__file__).resolve().parents[1]
-# fairscale layout of Meta's release: embedding width, column-parallel rows, row-parallel columns.
-MP_DIM = {"tok_embeddings": 1, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w3": 0, "w2": 1, "output": 0}
 HF_LAYER_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
                   "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
                   "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
@@ -49,24 +48,6 @@ def logits(m, tokens):
 
 
 # ---- writers in each release format ------------------------------------------------------------
-
-def write_meta(model, folder: Path, n_shards: int = 2) -> list[dict]:
-    folder.mkdir()
-    shards = [{"rope.freqs": torch.randn(model.cfg.head_dim // 2)} for _ in range(n_shards)]
-    for k, v in model.state_dict().items():
-        dim = MP_DIM.get(k.rsplit(".", 2)[-2])
-        pieces = [v] * n_shards if dim is None else v.chunk(n_shards, dim)
-        for shard, piece in zip(shards, pieces):
-            shard[k] = piece.clone()  # a saved view would carry the whole storage
-    for i, shard in enumerate(shards):
-        torch.save(shard, folder / f"consolidated.{i:02d}.pth")
-    c = model.cfg
-    (folder / "params.json").write_text(json.dumps(
-        dict(dim=c.dim, multiple_of=c.multiple_of, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
-             n_layers=c.n_layers, norm_eps=c.norm_eps, vocab_size=-1, max_seq_len=c.max_seq_len)))
-    (folder.parent / "tokenizer.model").write_bytes(b"sentencepiece stand-in")  # Meta: beside 7B/
-    return shards
-
 
 def hf_tensors(model) -> dict[str, torch.Tensor]:
     """HF names, q/k rows permuted as HF's convert_llama_weights_to_hf.py does."""
@@ -342,3 +323,16 @@ def test_missing_config_names_the_directory(tmp_path):
         load_llama(tmp_path / "nothing")
     with pytest.raises(CheckpointError, match=r"nothing: no config\.json"):
         load_model(tmp_path / "nothing")
+
+
+def test_failed_save_leaves_no_partial_file(model, tmp_path, monkeypatch):
+    save_model(model, tmp_path / "own")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "own").iterdir()}
+
+    def full_disk(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half a header")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("eas.io.checkpoint.save_file", full_disk)
+    with pytest.raises(CheckpointError, match=r"cannot write .*own/model\.safetensors: No space left"):
+        save_model(Llama(LlamaConfig.named("test")), tmp_path / "own")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "own").iterdir()} == before

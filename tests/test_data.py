@@ -7,14 +7,15 @@ import io
 import json
 import math
 import os
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from eas.data import DataError, DataWarning, drop_unreadable, iter_readable
-from eas.data import synthetic_aid
+from eas.data import DataWarning, synthetic_aid
 from eas.data.aid import (AID_CLASS_DIRS, AID_LABELS, AID_PROMPT, SYNTHETIC_MARKER, AidExample,
                           paper_split, scan_aid, score_aid, split_aid)
 from eas.data.metrics import (bleu1, contains_answer, exact_match, normalize_answer, token_f1)
@@ -22,6 +23,9 @@ from eas.data.scienceqa import (build_prompt, extract_answer, load_scienceqa, pr
                                 score_scienceqa)
 from eas.data.slake import load_slake, score_slake
 from eas.data.synthetic_aid import SYNTHETIC_NOTICE, ensure_synthetic_aid, render
+from eas.data.tasks import load_pixels, load_task
+from eas.errors import DataError
+from eas.model.image import IMAGENET_MEAN, IMAGENET_STD
 from fixture_data import jpeg as _jpeg, slake_entry as _slake_entry, sqa_problem as _problem
 from fixture_data import write_scienceqa, write_slake
 
@@ -56,29 +60,43 @@ def test_aid_scan_counts_labels_and_stray_warnings(aid_root):
     with pytest.warns(DataWarning, match="skipped 3 entries"):
         scan = scan_aid(aid_root)
     assert not scan.synthetic
-    counts = scan.counts()
+    counts = Counter(e.target for e in scan.examples)
     assert list(counts) == list(AID_LABELS)
     assert counts["airport"] == 8 + 1 and counts["beach"] == 8 + 1  # + the corrupt files
     assert sum(counts.values()) == sum(8 + i % 3 for i in range(30)) + 2
     assert len(scan.warnings) == 3 and any("Thumbs.db" in w for w in scan.warnings)
     e = scan.examples[0]
-    assert (e.label, e.index, e.image.name) == ("airport", 1, "airport_1.jpg")
-    assert e.prompt == ("Question: What is the label for this image?\n"
-                        "Answer the question using a single word.\nResponse:")
-    assert e.prompt == AID_PROMPT and e.answer == e.target == "airport"
+    assert (e.target, e.index, e.image.name) == ("airport", 1, "airport_1.jpg")
+    assert e.prompt == AID_PROMPT == ("Question: What is the label for this image?\n"
+                                      "Answer the question using a single word.\nResponse:")
 
 
 def test_aid_corrupt_images_are_skipped_when_read(aid_root):
     with pytest.warns(DataWarning):  # the stray files; scanning decodes nothing
-        examples = [e for e in scan_aid(aid_root).examples if e.label in ("airport", "beach")]
+        examples = [e for e in scan_aid(aid_root).examples if e.target in ("airport", "beach")]
     assert len(examples) == 9 + 9
     skipped = []
-    with pytest.warns(DataWarning, match="skipped 2 unreadable"):
-        kept = drop_unreadable(examples, skipped)
-    assert len(kept) == 16
-    assert any("airport_99.jpg" in s for s in skipped) and any("beach_98.jpg" in s for s in skipped)
-    image = next(iter_readable(kept))[1]
-    assert image.mode == "RGB" and image.size == (8, 8)
+    kept, pixels = load_pixels(examples, 4, skipped)
+    assert [e.image.name for e in kept] == [e.image.name for e in examples
+                                            if e.image.name not in ("airport_99.jpg", "beach_98.jpg")]
+    assert len(skipped) == 2 and "airport_99.jpg" in skipped[0] and "beach_98.jpg" in skipped[1]
+    load_pixels(examples, 4, skipped)
+    assert len(skipped) == 2  # a file is reported once, however often it is read
+    # _fake_aid paints airport_1 in the flat colour (0, 20, 90); a flat image survives any resize.
+    expected = (np.array([0, 20, 90]) / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    assert pixels.shape == (16, 3, 4, 4)
+    assert np.allclose(pixels[0].mean((1, 2)).numpy(), expected, atol=0.05)  # JPEG shifts a few levels
+
+
+def test_text_only_examples_get_no_pixels_or_zeros(aid_root):
+    with pytest.warns(DataWarning):
+        image_example = scan_aid(aid_root).examples[0]
+    text_only = AidExample(None, "airport", 0)
+    kept, pixels = load_pixels([text_only], 4, [])
+    assert kept == [text_only] and pixels is None
+    kept, pixels = load_pixels([text_only, image_example], 4, [])
+    assert kept == [text_only, image_example]
+    assert pixels.shape == (2, 3, 4, 4) and pixels[0].eq(0).all() and pixels[1].abs().sum() > 0
 
 
 def test_aid_layout_errors_name_the_path(tmp_path):
@@ -110,7 +128,7 @@ def test_aid_paper_splits_sizes_stratified_disjoint():
     examples = _examples()
     for setting, n_train in (("20", 2000), ("50", 5000)):
         split = paper_split(examples, setting, seed=0)
-        full = split.train_full
+        full = split.train + split.val
         assert (len(full), len(split.test)) == (n_train, 10000 - n_train)
         assert len(split.val) == round(0.1 * n_train)
         ids = [set(e.image for e in part) for part in (split.train, split.val, split.test)]
@@ -118,9 +136,9 @@ def test_aid_paper_splits_sizes_stratified_disjoint():
         assert len(ids[0] | ids[1] | ids[2]) == 10000
         fraction = n_train / 10000
         for label, size in zip(AID_LABELS, AID_SIZES):
-            n = sum(e.label == label for e in full)
+            n = sum(e.target == label for e in full)
             assert abs(n - fraction * size) < 1  # largest remainder: off by less than one
-            assert sum(e.label == label for e in split.val) >= 1
+            assert sum(e.target == label for e in split.val) >= 1
 
 
 def test_aid_split_seeded_nested_and_test_independent_of_val():
@@ -129,7 +147,7 @@ def test_aid_split_seeded_nested_and_test_independent_of_val():
     assert a == b
     assert split_aid(examples, 0.2, seed=4).test != a.test
     half = split_aid(examples, 0.5, seed=3)
-    assert set(e.image for e in a.train_full) <= set(e.image for e in half.train_full)
+    assert set(e.image for e in a.train + a.val) <= set(e.image for e in half.train + half.val)
     assert split_aid(examples, 0.2, seed=3, val_fraction=0.3).test == a.test
     assert split_aid(examples, 0.2, seed=3, val_fraction=0).val == []
 
@@ -137,7 +155,7 @@ def test_aid_split_seeded_nested_and_test_independent_of_val():
 def test_aid_tiny_classes_keep_one_image_in_each_part():
     split = split_aid(_examples([3] * 30), 0.2, seed=0)
     for part in (split.train, split.val, split.test):
-        assert sorted(set(e.label for e in part)) == sorted(AID_LABELS)
+        assert sorted(set(e.target for e in part)) == sorted(AID_LABELS)
     with pytest.raises(DataError, match="too few images"):
         split_aid(_examples([2] * 30), 0.2)
     with pytest.raises(DataError, match="unknown AID setting"):
@@ -257,7 +275,7 @@ def test_scienceqa_errors_name_file_and_key(sqa_root):
     with pytest.raises(DataError, match=r"pid '77' of split 'test' is not a key of .*problems"):
         load_scienceqa(sqa_root)
     (sqa_root / "problems.json").write_text("{broken")
-    with pytest.raises(DataError, match="cannot parse .*problems.json"):
+    with pytest.raises(DataError, match="problems.json is not valid JSON"):
         load_scienceqa(sqa_root)
 
 
@@ -304,7 +322,7 @@ def test_slake_loads_english_and_scores(slake_root):
 
 
 def test_slake_errors_name_file_and_key(slake_root):
-    with pytest.raises(DataError, match="train.json is missing"):
+    with pytest.raises(DataError, match="train.json does not exist"):
         load_slake(slake_root, "train")
     bad = [_slake_entry(0, "q", "a", "CLOSED"), _slake_entry(1, "q", "a", "open-ended")]
     (slake_root / "test.json").write_text(json.dumps(bad))
@@ -339,11 +357,10 @@ def _tree_bytes(root):
 
 
 def test_synthetic_set_layout_determinism_and_cache(tmp_path, monkeypatch):
-    assert "SYNTHETIC" in synthetic_aid.__doc__ and "not the real AID" in SYNTHETIC_NOTICE
     root = ensure_synthetic_aid(tmp_path / "c1", per_class=2, size=32, seed=5)
     scan = scan_aid(root)
     assert scan.synthetic and not scan.warnings
-    assert scan.counts() == dict.fromkeys(AID_LABELS, 2)
+    assert Counter(e.target for e in scan.examples) == dict.fromkeys(AID_LABELS, 2)
     assert {e.image.relative_to(root).as_posix() for e in scan.examples} >= {
         "Airport/airport_1.jpg", "StorageTanks/storagetanks_2.jpg"}
     with Image.open(root / "Viaduct" / "viaduct_1.jpg") as im:
@@ -364,6 +381,27 @@ def test_synthetic_set_layout_determinism_and_cache(tmp_path, monkeypatch):
     (root / "Pond" / "pond_2.jpg").unlink()  # incomplete -> regenerated in full
     assert _tree_bytes(ensure_synthetic_aid(tmp_path / "c1", per_class=2, size=32, seed=5)) \
         == _tree_bytes(again)
+
+
+def test_synthetic_data_is_announced_as_synthetic(tmp_path):
+    task = load_task("aid", None, cache_dir=tmp_path / "cache", synthetic_per_class=3, image_size=16)
+    assert task.synthetic and task.label == "aid (SYNTHETIC)"
+    marker = json.loads((Path(task.source) / SYNTHETIC_MARKER).read_text())
+    assert marker["notice"] == SYNTHETIC_NOTICE and "not the real AID" in SYNTHETIC_NOTICE
+    # A copy of the set keeps its marker, so it is still announced when passed as --data-root.
+    copy = tmp_path / "copy"
+    shutil.copytree(task.source, copy)
+    assert load_task("aid", str(copy), cache_dir=tmp_path / "unused").label == "aid (SYNTHETIC)"
+    (copy / SYNTHETIC_MARKER).unlink()
+    assert load_task("aid", str(copy), cache_dir=tmp_path / "unused").label == "aid"
+
+
+def test_synthetic_unwritable_cache_is_a_data_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(DataError, match=r"cannot write the synthetic AID set under .*file/cache"):
+        ensure_synthetic_aid(tmp_path / "file" / "cache", per_class=1, size=8)
+    with pytest.raises(DataError, match="per_class >= 1"):
+        ensure_synthetic_aid(tmp_path, per_class=0)
 
 
 def test_synthetic_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):

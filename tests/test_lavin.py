@@ -1,6 +1,5 @@
 """LaVIN sequence layout, masks and labels; padding invariance; generation vs full recomputation."""
 import math
-import pydoc_data.topics
 
 import pytest
 import torch
@@ -8,23 +7,16 @@ import torch.nn.functional as F
 
 from eas.model.config import LavinConfig, LlamaConfig, VisionConfig
 from eas.model.generate import generate, nucleus_probs
-from eas.model.tokenizer import left_pad
 from eas.model.lavin import IGNORE_INDEX, Lavin, lm_loss
 from eas.model.llama import Llama
-from eas.model.tokenizer import train_tokenizer
-from helpers import rel_err
+from eas.model.tokenizer import left_pad
+from helpers import TOKENIZER_VOCAB, rel_err
 
-VOCAB = 400  # byte fallback alone needs 259 pieces
+VOCAB = TOKENIZER_VOCAB
 CFG = LavinConfig(llama=LlamaConfig.named("test", vocab_size=VOCAB), vision=VisionConfig.named("test"))
 EXAMPLES = [("What is the label for this image?\nResponse:", "airport", True),
             ("Hi", None, False),
             ("Name it:", "beach", True)]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    corpus = list(pydoc_data.topics.topics.values())[:8]
-    return train_tokenizer(corpus, tmp_path_factory.mktemp("tok") / "tiny.model", vocab_size=VOCAB)
 
 
 @pytest.fixture(scope="module")

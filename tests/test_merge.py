@@ -219,8 +219,8 @@ def test_decode_step_exports_with_tensor_state_only(mode, gen):
 
 
 def test_merge_leaves_the_source_model_alone(gen):
-    """The merged copy must not adopt the source's Parameters nor flip their requires_grad
-    (that once made a tuning run save the whole frozen base as 'adapters')."""
+    """The merged copy must not adopt the source's Parameters nor flip their requires_grad (the
+    tuner saves every parameter that requires grad as an adapter)."""
     model = mark_trainable(eas_model(gen))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     merged = merge(model, "dynamic")

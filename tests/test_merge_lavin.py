@@ -1,5 +1,4 @@
 """Merging a whole LaVIN model (ViT PIA-A into in_proj, LLaMA PIAs) against its unmerged form."""
-import pydoc_data.topics
 
 import pytest
 import torch
@@ -11,18 +10,11 @@ from eas.model.lavin import Lavin
 from eas.adapters.merge import merge
 from eas.io.merged import load_merged, save_merged
 from eas.adapters.pia import PIA
-from eas.model.tokenizer import train_tokenizer
-from helpers import rel_err
+from helpers import TOKENIZER_VOCAB, rel_err
 
-CFG = LavinConfig(llama=LlamaConfig.named("test", vocab_size=400), vision=VisionConfig.named("test"))
+CFG = LavinConfig(llama=LlamaConfig.named("test", vocab_size=TOKENIZER_VOCAB), vision=VisionConfig.named("test"))
 EXAMPLES = [("What is the label for this image?\nResponse:", None, True), ("Hi there", None, False),
             ("Name it:", None, True)]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    corpus = list(pydoc_data.topics.topics.values())[:8]
-    return train_tokenizer(corpus, tmp_path_factory.mktemp("tok") / "tiny.model", vocab_size=400)
 
 
 @pytest.fixture(scope="module")

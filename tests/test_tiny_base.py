@@ -11,15 +11,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "weights" / "tiny"
 sys.path.insert(0, str(ROOT / "weights"))
+
+import eval_tiny  # noqa: E402
+import tiny_data  # noqa: E402
+from eas.errors import CheckpointError  # noqa: E402
+from eas.io.checkpoint import load_model  # noqa: E402
+from eas.model.lavin import Lavin  # noqa: E402
+from eas.model.tokenizer import Tokenizer  # noqa: E402
+from pretrain_tiny import LR, WARMUP, load_state, schedule, text_blocks  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not (TINY / "model.safetensors").exists(),
                                 reason="weights/tiny/model.safetensors not built (python weights/pretrain_tiny.py)")
 
 
 @pytest.fixture(scope="module")
 def base():
-    from eas.io.checkpoint import load_model
-    from eas.model.lavin import Lavin
-    from eas.model.tokenizer import Tokenizer
     model = load_model(TINY, dtype=torch.float32).eval()
     assert isinstance(model, Lavin)
     return model, Tokenizer(TINY / "tokenizer.model")
@@ -30,8 +36,6 @@ def test_checkpoint_is_small():
 
 
 def test_text_perplexity_beats_unigram_threefold(base):
-    import eval_tiny
-    from pretrain_tiny import text_blocks
     model, tok = base
     heldout = text_blocks(tok, "heldout", 0)[:24]
     ppl = eval_tiny.model_perplexity(model, heldout)
@@ -48,8 +52,6 @@ def test_answers_unseen_image_questions_well_above_chance(base):
     shape, digit identity) barely. The thresholds sit below those figures with room for the
     smaller sample drawn here.
     """
-    import eval_tiny
-    import tiny_data
     model, tok = base
     exs = list(tiny_data.examples(0, "heldout", 400))
     scores = eval_tiny.qa_accuracy(model, tok, exs)
@@ -72,3 +74,24 @@ def test_recipe_reproduces_first_losses():
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["match"]
+
+
+def test_recipe_schedule_warms_up_then_decays_to_a_tenth():
+    total = 2400
+    assert schedule(0, total) == pytest.approx(LR / WARMUP)  # the first update already moves the weights
+    assert schedule(WARMUP - 1, total) == pytest.approx(LR)
+    halfway = WARMUP + (total - WARMUP) // 2 - 1
+    assert schedule(halfway, total) == pytest.approx(0.1 * LR + 0.9 * LR * 0.5)
+    assert schedule(total - 1, total) == pytest.approx(0.1 * LR)
+    assert schedule(2, 3) == schedule(2, total)  # a short --check run sees the recipe's rates
+
+
+def test_unreadable_resume_state_names_the_file(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    (tmp_path / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"state\.pt.*delete it to start over"):
+        load_state(tmp_path / "state.pt", model, opt)
+    torch.save({"model": model.state_dict()}, tmp_path / "state.pt")  # no optimizer state
+    with pytest.raises(CheckpointError, match="'opt'"):
+        load_state(tmp_path / "state.pt", model, opt)

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 
+from eas.data.aid import AID_PROMPT
 from weights import tiny_data as td
+from weights.train_tokenizer import RECIPE_PYTHON, train
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "weights" / "tiny" / "tokenizer.model"
@@ -177,7 +180,6 @@ def test_texture_and_digit_answers_follow_their_source():
 def sp():
     if not TOKENIZER.exists():
         pytest.skip(f"{TOKENIZER} absent: create it with `python weights/train_tokenizer.py`")
-    import sentencepiece as spm
     return spm.SentencePieceProcessor(model_file=str(TOKENIZER))
 
 
@@ -186,7 +188,7 @@ def test_shipped_tokenizer_ids_and_exact_round_trip(sp):
     assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, -1)
     assert sp.id_to_piece(sp.encode("\n")[-1]) == "\n"
     samples = ["", " ", "  two  spaces ", "\t\ttabs\n\n", "emoji 🚀 中文 ünïcödé", "Image: N/A",
-               td.DOWNSTREAM_PROMPT + " storagetanks", *td.task_text_lines(n_captions=20)]
+               AID_PROMPT + " storagetanks", *td.task_text_lines(n_captions=20)]
     samples += [d.text for d in td.text_documents("heldout")[:200]]
     for s in samples:
         assert sp.decode(sp.encode(s)) == s, repr(s)
@@ -195,7 +197,6 @@ def test_shipped_tokenizer_ids_and_exact_round_trip(sp):
 
 
 def test_shipped_tokenizer_is_what_the_recipe_trains(sp, tmp_path):
-    from weights.train_tokenizer import RECIPE_PYTHON, train
     if platform.python_version() != RECIPE_PYTHON:
         pytest.skip(f"the stdlib docstrings it trains on are Python {RECIPE_PYTHON}'s; this is "
                     f"{platform.python_version()}")

@@ -1,17 +1,10 @@
 """SentencePiece wrapper: exact round trip, LLaMA special ids, clear errors for bad model files."""
-import pydoc_data.topics
-
 import pytest
 import sentencepiece as spm
 
-from eas.model.tokenizer import Tokenizer, TokenizerError, train_tokenizer
-
-CORPUS = list(pydoc_data.topics.topics.values())[:8]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return train_tokenizer(CORPUS, tmp_path_factory.mktemp("tok") / "tiny.model", vocab_size=400)
+from eas.errors import TokenizerError
+from eas.model.tokenizer import CHUNK_CHARS, Tokenizer, _chunks, left_pad, train_tokenizer
+from helpers import TOKENIZER_CORPUS
 
 
 def test_special_ids_follow_llama(tok):
@@ -47,13 +40,14 @@ def test_missing_or_corrupt_model_names_the_file(tmp_path):
 
 def test_too_small_vocabulary_is_a_clear_error(tmp_path):
     with pytest.raises(TokenizerError, match="100-piece"):
-        train_tokenizer(CORPUS, tmp_path / "small.model", vocab_size=100)
+        train_tokenizer(TOKENIZER_CORPUS, tmp_path / "small.model", vocab_size=100)
+    assert list(tmp_path.iterdir()) == []  # no partial model file
 
 
-def test_encode_batch_left_pads_with_masks(tok):
+def test_left_pad_aligns_prompts_on_the_right_with_masks(tok):
     texts = ["a longer prompt than the other one", "short"]
-    tokens, positions, key_mask = tok.encode_batch(texts)
     ids = [tok.encode(t, bos=True, eos=False) for t in texts]
+    tokens, positions, key_mask = left_pad(ids, tok.pad_id)
     T = max(map(len, ids))
     assert tokens.shape == positions.shape == key_mask.shape == (2, T)
     for row, seq in enumerate(ids):
@@ -62,3 +56,19 @@ def test_encode_batch_left_pads_with_masks(tok):
         assert key_mask[row].tolist() == [False] * pad + [True] * len(seq)
         assert positions[row, pad:].tolist() == list(range(len(seq)))
         assert tok.decode(tokens[row][key_mask[row]].tolist()) == texts[row]
+
+
+def test_training_chunks_keep_every_line_and_fit_sentencepiece():
+    lines = [f"line {i} " + "w" * (i % 7 * 90) for i in range(200)]
+    chunks = _chunks("\n".join(lines))
+    assert all(len(c) <= CHUNK_CHARS for c in chunks) and len(chunks) > 5
+    assert "\n".join(chunks) == "\n".join(lines)  # cut between lines only
+    assert _chunks("x" * (2 * CHUNK_CHARS + 5)) == ["x" * CHUNK_CHARS] * 2 + ["x" * 5]
+
+
+def test_long_documents_are_learnt_not_skipped(tmp_path):
+    # One 20k-character document is all the text: SentencePiece would drop it whole if it were a
+    # single sentence, and the frequent word could then only be spelled in bytes.
+    document = "\n".join(["zebrafinch quokka"] * 1200)
+    tok = train_tokenizer([document], tmp_path / "long.model", vocab_size=300)
+    assert len(tok.encode("zebrafinch", False, False)) <= 2

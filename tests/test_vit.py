@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from eas.io.checkpoint import CheckpointError
 from eas.model.config import VisionConfig
-from eas.model.image import ImageError, load_image
+from eas.errors import CheckpointError, ImageError
+from eas.model.image import load_image
 from eas.io.load_clip import load_openai_clip, load_vision
 from eas.model.vit import VisionTransformer
 from helpers import rel_err

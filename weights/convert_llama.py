@@ -3,8 +3,9 @@
     python weights/convert_llama.py SRC DST [--dtype bf16|fp16|fp32]
 
 SRC is a Meta folder (params.json + consolidated.NN.pth) or a Hugging Face folder (config.json +
-safetensors). tokenizer.model is copied when found. The default fp16 is lossless for Meta's
-releases and the usual Hugging Face LLaMA-1 exports, which are stored in fp16.
+safetensors). DST must be new or empty; tokenizer.model is copied when found. The default fp16 is
+lossless for Meta's releases and the usual Hugging Face LLaMA-1 exports, which are stored in fp16.
+Any failure is one line naming the file at fault, exit status 2, and no DST left behind.
 """
 from __future__ import annotations
 
@@ -16,19 +17,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script without installing eas
 
-from eas.io.checkpoint import CheckpointError, save_model  # noqa: E402
+from eas.errors import EASError  # noqa: E402
+from eas.io.checkpoint import save_model  # noqa: E402
+from eas.io.files import new_folder  # noqa: E402
 from eas.io.load_llama import detect_format, load_llama  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def convert(src: Path, dst: Path, dtype: str = "fp16") -> None:
-    if dst.resolve() == src.resolve():
-        raise CheckpointError(f"{dst}: the output folder must differ from the source (its config.json "
-                              f"would be overwritten)")
-    fmt = detect_format(src)
-    model, tokenizer = load_llama(src, DTYPES[dtype])
-    save_model(model, dst, tokenizer)
+    with new_folder(dst) as tmp:  # refuses a non-empty DST (the source itself included) before any reading
+        fmt = detect_format(src)
+        model, tokenizer = load_llama(src, DTYPES[dtype])
+        save_model(model, tmp, tokenizer)
     cfg = model.cfg
     n_params = sum(p.numel() for p in model.parameters())
     print(f"read {fmt} checkpoint {src}: {cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads "
@@ -37,17 +38,19 @@ def convert(src: Path, dst: Path, dtype: str = "fp16") -> None:
           + (f", tokenizer.model (from {tokenizer})" if tokenizer else "; no tokenizer.model found"))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("src", type=Path, help="Meta or Hugging Face LLaMA folder")
-    parser.add_argument("dst", type=Path, help="output folder (created)")
+    parser.add_argument("dst", type=Path, help="output folder (created; must not hold files)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="stored dtype (default fp16)")
     args = parser.parse_args(argv)
     try:
         convert(args.src, args.dst, args.dtype)
-    except ValueError as e:  # CheckpointError and config errors: a message naming the file
-        sys.exit(f"error: {e}")
+    except EASError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

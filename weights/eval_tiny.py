@@ -8,7 +8,6 @@ import argparse
 import json
 import math
 import sys
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -17,7 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_data  # noqa: E402
 from pretrain_tiny import BLOCK_LEN, IMAGE_BATCH, TEXT_BATCH, image_batch, text_blocks  # noqa: E402
+from eas.errors import EASError  # noqa: E402
 from eas.io.checkpoint import load_model  # noqa: E402
+from eas.io.files import read_json, write_text_atomic  # noqa: E402
 from eas.model.tokenizer import Tokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -83,7 +84,7 @@ def evaluate(model_dir: Path, n_blocks: int, n_qa: int, seed: int = 0) -> dict:
 
 
 def card(res: dict, log: dict, model_dir: Path) -> str:
-    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg = read_json(model_dir / "config.json", "model config")
     total_c = sum(c for c, _ in res["qa"].values())
     total_n = sum(n for _, n in res["qa"].values())
     rows = "\n".join(f"| {q} | {c}/{n} = {c / n:.2f} | {res['chance'][q][1]:.2f} | {res['majority'][q][1]:.2f} |"
@@ -143,20 +144,25 @@ python weights/pretrain_tiny.py --steps 3 --check weights/tiny/recipe_check.json
 """
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=HERE / "tiny")
     ap.add_argument("--text-blocks", type=int, default=200)
     ap.add_argument("--qa", type=int, default=1000)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    res = evaluate(args.model, args.text_blocks, args.qa)
-    log = json.loads((args.model / "train_log.json").read_text())
-    text = card(res, log, args.model)
-    (args.model / "CARD.md").write_text(text)
-    (args.model / "metrics.json").write_text(json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=1))
+    try:
+        res = evaluate(args.model, args.text_blocks, args.qa)
+        text = card(res, read_json(args.model / "train_log.json", "training log"), args.model)
+        write_text_atomic(args.model / "CARD.md", text)
+        write_text_atomic(args.model / "metrics.json",
+                          json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=1))
+    except EASError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,19 +33,15 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
+from eas.data.aid import AID_LABELS, AID_PROMPT
+
 IMAGE_SIZE = 64
 SPLITS = {"train": 0, "heldout": 1}
 HELDOUT_PERCENT = 10
 
-# The single-word instruction is the downstream one, so pretraining prompts have the same shape.
-SINGLE_WORD = "Answer the question using a single word."
-DOWNSTREAM_PROMPT = f"Question: What is the label for this image?\n{SINGLE_WORD}\nResponse:"
-# Text only (the tokenizer must spell them); no AID-like image is drawn anywhere in this file.
-DOWNSTREAM_LABELS = (
-    "airport", "bareland", "baseballfield", "beach", "bridge", "center", "church", "commercial",
-    "denseresidential", "desert", "farmland", "forest", "industrial", "meadow", "mediumresidential",
-    "mountain", "park", "parking", "playground", "pond", "port", "railwaystation", "resort", "river",
-    "school", "sparseresidential", "square", "stadium", "storagetanks", "viaduct")
+# The single-word instruction is the downstream one (the middle line of AID's prompt), so
+# pretraining prompts have the same shape.
+SINGLE_WORD = AID_PROMPT.split("\n")[1]
 
 
 def qa_prompt(question: str) -> str:
@@ -489,8 +485,10 @@ def majority_rates(sample: Iterable[Example]) -> dict[str, tuple[str, float]]:
 def task_text_lines(seed: int = 0, n_captions: int = 2000) -> list[str]:
     """Every prompt and answer string the image tasks can produce (captions sampled), plus the
     downstream prompt pieces, so the tokenizer learns them as few pieces."""
-    lines = ["Image: ", "Image: N/A", CAPTION_PROMPT, DOWNSTREAM_PROMPT]
-    lines += [f"{DOWNSTREAM_PROMPT} {label}" for label in DOWNSTREAM_LABELS]
+    # The downstream labels as text only (the tokenizer must spell them); no AID-like image is
+    # drawn anywhere in this file.
+    lines = ["Image: ", "Image: N/A", CAPTION_PROMPT, AID_PROMPT]
+    lines += [f"{AID_PROMPT} {label}" for label in AID_LABELS]
     for answers in ANSWER_SETS.values():
         lines += list(answers)
     questions = ["How many shapes are there?", "What color is the background?", "What digit is this?",

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eas.data import DataError, DataWarning
+from eas.data import DataWarning
 from eas.data.metrics import normalize_answer, task_scores
+from eas.errors import DataError
 
 AID_CLASS_DIRS = (
     "Airport", "BareLand", "BaseballField", "Beach", "Bridge", "Center", "Church", "Commercial",
@@ -39,17 +40,9 @@ _FILE_NAME = re.compile(r"^([a-z]+)_(\d+)\.jpe?g$", re.IGNORECASE)
 @dataclass(frozen=True)
 class AidExample:
     image: Path
-    label: str
+    target: str  # the class label, which is the whole answer
     index: int  # the <n> of the file name
     prompt: str = AID_PROMPT
-
-    @property
-    def target(self) -> str:
-        return self.label
-
-    @property
-    def answer(self) -> str:
-        return self.label
 
 
 @dataclass
@@ -59,22 +52,39 @@ class AidScan:
     warnings: list[str] = field(default_factory=list)
     synthetic: bool = False
 
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(e.label for e in self.examples))
-
 
 def scan_aid(root: str | Path, require_all_classes: bool = True) -> AidScan:
     """List the images under an AID root without decoding them.
 
     Bad layout (no root, no class folders, an unknown folder, a missing class) is an error naming
     the path; stray files are skipped with a warning. Corrupt images surface when they are read
-    (`eas.data.iter_readable`), since decoding 10,000 files just to list them is too slow.
+    (`eas.data.tasks.load_pixels`), since decoding 10,000 files just to list them is too slow.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"AID root {root} does not exist or is not a folder")
-    expected = ", ".join(AID_CLASS_DIRS)
     notes: list[str] = []
+    folders = _class_folders(root, notes)
+    examples: list[AidExample] = []
+    for label, folder in folders.items():
+        found = _class_images(folder, label, notes)
+        if not found and require_all_classes:
+            raise DataError(f"AID class folder {folder} holds no {label}_<n>.jpg images")
+        examples += found
+    missing = [d for d, label in zip(AID_CLASS_DIRS, AID_LABELS) if label not in folders]
+    if missing and require_all_classes:
+        raise DataError(f"AID root {root} lacks class folder(s) {', '.join(missing)}")
+    if notes:
+        shown = "; ".join(notes[:3]) + ("; ..." if len(notes) > 3 else "")
+        warnings.warn(f"AID scan of {root}: skipped {len(notes)} entries: {shown}", DataWarning,
+                      stacklevel=2)
+    examples.sort(key=_order)
+    return AidScan(root, examples, notes, (root / SYNTHETIC_MARKER).is_file())
+
+
+def _class_folders(root: Path, notes: list[str]) -> dict[str, Path]:
+    """label -> class folder, in AID_LABELS order; stray entries are appended to `notes`."""
+    expected = ", ".join(AID_CLASS_DIRS)
     folders: dict[str, Path] = {}
     for entry in sorted(root.iterdir()):
         if entry.name == SYNTHETIC_MARKER:
@@ -92,30 +102,19 @@ def scan_aid(root: str | Path, require_all_classes: bool = True) -> AidScan:
         folders[label] = entry
     if not folders:
         raise DataError(f"AID root {root} holds no class folders; expected {expected}")
+    return {label: folders[label] for label in AID_LABELS if label in folders}
 
-    examples: list[AidExample] = []
-    for label in AID_LABELS:
-        if label not in folders:
+
+def _class_images(folder: Path, label: str, notes: list[str]) -> list[AidExample]:
+    """The <label>_<n>.jpg files of one class folder; anything else is appended to `notes`."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        match = _FILE_NAME.match(path.name)
+        if not path.is_file() or match is None or match.group(1).lower() != label:
+            notes.append(f"stray entry {path} (expected {label}_<n>.jpg)")
             continue
-        found = 0
-        for path in sorted(folders[label].iterdir()):
-            match = _FILE_NAME.match(path.name)
-            if not path.is_file() or match is None or match.group(1).lower() != label:
-                notes.append(f"stray entry {path} (expected {label}_<n>.jpg)")
-                continue
-            examples.append(AidExample(path, label, int(match.group(2))))
-            found += 1
-        if found == 0 and require_all_classes:
-            raise DataError(f"AID class folder {folders[label]} holds no {label}_<n>.jpg images")
-    missing = [d for d, label in zip(AID_CLASS_DIRS, AID_LABELS) if label not in folders]
-    if missing and require_all_classes:
-        raise DataError(f"AID root {root} lacks class folder(s) {', '.join(missing)}")
-    if notes:
-        shown = "; ".join(notes[:3]) + ("; ..." if len(notes) > 3 else "")
-        warnings.warn(f"AID scan of {root}: skipped {len(notes)} entries: {shown}", DataWarning,
-                      stacklevel=2)
-    examples.sort(key=_order)
-    return AidScan(root, examples, notes, (root / SYNTHETIC_MARKER).is_file())
+        found.append(AidExample(path, label, int(match.group(2))))
+    return found
 
 
 @dataclass(frozen=True)
@@ -123,11 +122,6 @@ class AidSplit:
     train: list[AidExample]  # what the weights are tuned on (the val slice removed)
     val: list[AidExample]    # held out of tuning, scored by the search reward
     test: list[AidExample]   # the paper's test part, never seen by search or tuning
-
-    @property
-    def train_full(self) -> list[AidExample]:
-        """The paper's whole train part (train + val), e.g. 2,000 images in the 20 % setting."""
-        return sorted(self.train + self.val, key=_order)
 
 
 def split_aid(examples: Sequence[AidExample], train_fraction: float, seed: int = 0,
@@ -146,7 +140,7 @@ def split_aid(examples: Sequence[AidExample], train_fraction: float, seed: int =
         raise DataError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     by_class: dict[str, list[AidExample]] = {}
     for e in sorted(examples, key=_order):
-        by_class.setdefault(e.label, []).append(e)
+        by_class.setdefault(e.target, []).append(e)
     small = [label for label, items in by_class.items() if len(items) < (3 if val_fraction else 2)]
     if small:
         raise DataError(f"AID classes {small} have too few images to give every part one")
@@ -179,7 +173,7 @@ def paper_split(examples: Sequence[AidExample], setting: str, seed: int = 0,
 
 
 def _order(e: AidExample) -> tuple:
-    return AID_LABELS.index(e.label), e.index, e.image.name
+    return AID_LABELS.index(e.target), e.index, e.image.name
 
 
 def _stratified_counts(sizes: dict[str, int], fraction: float, low: int,
@@ -209,8 +203,8 @@ def score_aid(predictions: Sequence[str], examples: Sequence[AidExample]) -> dic
     hits: Counter = Counter()
     totals: Counter = Counter()
     for prediction, example in zip(predictions, examples):
-        totals[example.label] += 1
-        hits[example.label] += normalize_answer(prediction) == normalize_answer(example.label)
+        totals[example.target] += 1
+        hits[example.target] += normalize_answer(prediction) == normalize_answer(example.target)
     per_class = {label: (hits[label], totals[label]) for label in AID_LABELS if totals[label]}
     return task_scores(sum(hits.values()), len(examples), per_class,
                        "exact match of the normalised class label")

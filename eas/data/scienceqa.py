@@ -7,15 +7,15 @@ and scoring follow LaVIN's eval.py, including its random choice when no letter c
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from eas.data import DataError
 from eas.data.metrics import task_scores
+from eas.errors import DataError
+from eas.io.files import read_json
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
@@ -121,12 +121,7 @@ def _example(root: Path, pid: str, p: object, check_images: bool) -> ScienceQAEx
 
 
 def _read_json(path: Path, kind: type):
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"ScienceQA file {path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot parse {path}: {e}") from e
+    data = read_json(path, "ScienceQA file", DataError)
     if not isinstance(data, kind):
         raise DataError(f"{path}: expected a JSON {kind.__name__} at the top level")
     return data

@@ -8,13 +8,13 @@ LLaVA, so there is no LaVIN original to match.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from eas.data import DataError
 from eas.data.metrics import bleu1, contains_answer, exact_match, task_scores, token_f1
+from eas.errors import DataError
+from eas.io.files import read_json
 
 # "val" is accepted too, since that is what the other tasks call their validation split.
 SPLIT_FILES = {"train": "train.json", "validate": "validate.json", "val": "validate.json",
@@ -28,17 +28,13 @@ class SlakeExample:
     qid: str
     image: Path
     question: str
-    answer: str
+    target: str  # the gold answer
     answer_type: str  # OPEN or CLOSED
     lang: str
 
     @property
     def prompt(self) -> str:
         return f"Question: {self.question}\nResponse:"
-
-    @property
-    def target(self) -> str:
-        return self.answer
 
 
 def load_slake(root: str | Path, split: str = "test", lang: str | None = "en",
@@ -48,12 +44,7 @@ def load_slake(root: str | Path, split: str = "test", lang: str | None = "en",
     if split not in SPLIT_FILES:
         raise DataError(f"unknown Slake split {split!r}; expected one of {sorted(SPLIT_FILES)}")
     path = root / SPLIT_FILES[split]
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"Slake file {path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot parse {path}: {e}") from e
+    records = read_json(path, "Slake file", DataError)
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of questions at the top level")
     examples = []
@@ -85,8 +76,8 @@ def score_slake(predictions: Sequence[str], examples: Sequence[SlakeExample]) ->
     closed hit rate, the open hit rate ("recall") and the open exact match, token F1 and BLEU-1."""
     if len(predictions) != len(examples):
         raise DataError(f"{len(predictions)} predictions for {len(examples)} Slake questions")
-    closed = [(p, e.answer) for p, e in zip(predictions, examples) if e.answer_type == "CLOSED"]
-    open_ = [(p, e.answer) for p, e in zip(predictions, examples) if e.answer_type == "OPEN"]
+    closed = [(p, e.target) for p, e in zip(predictions, examples) if e.answer_type == "CLOSED"]
+    open_ = [(p, e.target) for p, e in zip(predictions, examples) if e.answer_type == "OPEN"]
     closed_hits = sum(contains_answer(p, g) for p, g in closed)
     open_hits = sum(contains_answer(p, g) for p, g in open_)
     return task_scores(closed_hits + open_hits, len(examples), {

@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from eas.data.aid import AID_CLASS_DIRS, AID_LABELS, SYNTHETIC_MARKER
+from eas.errors import DataError
+from eas.io.files import read_json, write_text_atomic
 
 SYNTHETIC_NOTICE = ("SYNTHETIC DATA: procedurally drawn AID-like scenes, not the real AID data "
                     "set (Xia et al. 2017); its numbers say nothing about accuracy on AID.")
@@ -542,7 +544,7 @@ def write_synthetic_aid(root: str | Path, per_class: int, size: int = 64, seed: 
             render(label, n, size, seed).save(root / class_dir / f"{label}_{n}.jpg", "JPEG",
                                               quality=quality)
     manifest = {"notice": SYNTHETIC_NOTICE, **_params(per_class, size, seed)}
-    (root / SYNTHETIC_MARKER).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(root / SYNTHETIC_MARKER, json.dumps(manifest, indent=1) + "\n", DataError)
     return root
 
 
@@ -554,11 +556,19 @@ def ensure_synthetic_aid(cache_dir: str | Path, per_class: int = 100, size: int 
     interrupted run never leaves a half set where a later run would trust it.
     """
     if per_class < 1 or size < 8:
-        raise ValueError(f"per_class must be >= 1 and size >= 8, got {per_class}, {size}")
+        raise DataError(f"synthetic AID needs per_class >= 1 and size >= 8, got {per_class}, {size}")
     cache_dir = Path(cache_dir)
     root = cache_dir / f"synthetic_aid_{size}px_{per_class}pc_seed{seed}"
     if _complete(root, per_class, size, seed):
         return root
+    try:
+        return _generate(root, per_class, size, seed)
+    except OSError as e:
+        raise DataError(f"cannot write the synthetic AID set under {cache_dir}: {e.strerror or e}") from e
+
+
+def _generate(root: Path, per_class: int, size: int, seed: int) -> Path:
+    cache_dir = root.parent
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=cache_dir))
     try:
@@ -586,10 +596,10 @@ def _params(per_class: int, size: int, seed: int) -> dict:
 
 def _complete(root: Path, per_class: int, size: int, seed: int) -> bool:
     try:
-        manifest = json.loads((root / SYNTHETIC_MARKER).read_text(encoding="utf-8"))
-        if {k: manifest.get(k) for k in ("generator_version", "per_class", "size", "seed")} \
-                != _params(per_class, size, seed):
+        manifest = read_json(root / SYNTHETIC_MARKER, "synthetic AID marker", DataError)
+        expected = _params(per_class, size, seed)
+        if not isinstance(manifest, dict) or {k: manifest.get(k) for k in expected} != expected:
             return False
         return all(sum(1 for _ in os.scandir(root / d)) == per_class for d in AID_CLASS_DIRS)
-    except (OSError, ValueError):
+    except (OSError, DataError):  # absent, partial or foreign: regenerate
         return False

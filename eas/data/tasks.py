@@ -11,10 +11,13 @@ from pathlib import Path
 
 import torch
 
-from eas.data import DataError, DataWarning, open_image
+from eas.data import DataWarning  # noqa: F401  (eas/tune/pipeline.py imports it from here; moves to eas.data)
 from eas.data.aid import paper_split, scan_aid, score_aid
-from eas.data.synthetic_aid import SYNTHETIC_NOTICE, ensure_synthetic_aid
-from eas.model.image import preprocess
+from eas.data.scienceqa import load_scienceqa, score_scienceqa
+from eas.data.slake import load_slake, score_slake
+from eas.data.synthetic_aid import ensure_synthetic_aid
+from eas.errors import DataError, ImageError
+from eas.model.image import load_image
 
 TASKS = ("aid", "scienceqa", "slake")
 
@@ -46,11 +49,9 @@ def load_task(name: str, data_root: str | None, *, cache_dir: str | Path, settin
     if data_root is None:
         raise DataError(f"--task {name} needs --data-root (only AID has a synthetic stand-in)")
     if name == "scienceqa":
-        from eas.data.scienceqa import load_scienceqa, score_scienceqa
         parts = [load_scienceqa(data_root, split) for split in ("train", "val", "test")]
         # The answer sentence comes first in the QCM->ALE target; 16 tokens reach it.
         return TaskData(name, *parts, score=score_scienceqa, max_new_tokens=16, source=str(data_root))
-    from eas.data.slake import load_slake, score_slake
     parts = [load_slake(data_root, split) for split in ("train", "validate", "test")]
     return TaskData(name, *parts, score=score_slake, max_new_tokens=10, source=str(data_root))
 
@@ -82,8 +83,8 @@ def load_pixels(examples: Sequence, image_size: int, skipped: list[str]) -> tupl
             images.append(None)
             continue
         try:
-            images.append(preprocess(open_image(e.image), image_size))
-        except DataError as err:
+            images.append(load_image(e.image, image_size))
+        except ImageError as err:
             if str(err) not in skipped:
                 skipped.append(str(err))
             continue
@@ -91,7 +92,5 @@ def load_pixels(examples: Sequence, image_size: int, skipped: list[str]) -> tupl
     if all(x is None for x in images):
         return kept, None
     zeros = torch.zeros(3, image_size, image_size)
-    return kept, torch.stack([zeros if x is None else x for x in images]) if images else None
+    return kept, torch.stack([zeros if x is None else x for x in images])
 
-
-__all__ = ["TASKS", "TaskData", "load_task", "load_pixels", "DataError", "DataWarning", "SYNTHETIC_NOTICE"]

@@ -1,8 +1,9 @@
 """Strict state-dict loading and the project's own checkpoint format.
 
-Own format: a directory with ``config.json`` (eas.config.save_config), ``model.safetensors`` (the
-full state dict) and, when known, ``tokenizer.model``. Every key is accounted for on load; errors
-name the file and the offending keys.
+Own format, for a LLaMA, a LaVIN or a converted CLIP vision tower alike: a directory with
+``config.json`` (eas.model.config.save_config, its "type" names the model), ``model.safetensors``
+(the full state dict) and, when known, ``tokenizer.model``. Every key is accounted for on load;
+errors name the file and the offending keys.
 """
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from eas.model.config import LavinConfig, LlamaConfig, load_config, save_config
+from eas.errors import CheckpointError
+from eas.io.files import replacing
+from eas.model.config import LavinConfig, LlamaConfig, VisionConfig, load_config, save_config
+from eas.model.lavin import Lavin
+from eas.model.llama import Llama
+from eas.model.vit import VisionTransformer
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
-
-
-from eas.errors import CheckpointError  # noqa: E402  (one home: eas/errors.py)
 
 
 def _listing(keys, limit: int = 8) -> str:
@@ -73,29 +76,40 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
 
 
 def save_model(model: nn.Module, out_dir: str | Path, tokenizer: str | Path | None = None) -> Path:
-    """Write ``model`` (anything with a ``cfg`` known to eas.config) in the own format."""
+    """Write ``model`` (a Llama, Lavin or VisionTransformer) in the own format.
+
+    Each file replaces its old version only once complete, the config last: an interrupted save
+    never leaves a truncated file, and a failure is a CheckpointError naming the path.
+    """
     out_dir = Path(out_dir)
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise CheckpointError(f"tokenizer {tokenizer} does not exist")
-    out_dir.mkdir(parents=True, exist_ok=True)
     # safetensors stores raw CPU buffers: views and device tensors are materialised one by one.
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
-    save_config(model.cfg, out_dir / CONFIG_FILE)
+    with replacing(out_dir / WEIGHTS_FILE) as tmp:
+        try:
+            save_file(tensors, tmp, metadata={"format": "pt"})
+        except SafetensorError as e:  # its I/O errors are not OSErrors
+            raise CheckpointError(f"cannot write {out_dir / WEIGHTS_FILE}: {e}") from e
     if tokenizer is not None:
-        shutil.copyfile(tokenizer, out_dir / TOKENIZER_FILE)
+        with replacing(out_dir / TOKENIZER_FILE) as tmp:
+            shutil.copyfile(tokenizer, tmp)
+    with replacing(out_dir / CONFIG_FILE) as tmp:
+        save_config(model.cfg, tmp)
     return out_dir
 
 
-def _model_class(cfg, source: Path) -> type[nn.Module]:
-    if isinstance(cfg, LlamaConfig):
-        from eas.model.llama import Llama
-        return Llama
-    if isinstance(cfg, LavinConfig):
-        # Imported on use: a plain LLaMA load should not need the vision tower and adapters.
-        from eas.model.lavin import Lavin
-        return Lavin
-    raise CheckpointError(f"{source}: no model class for a {type(cfg).__name__} checkpoint")
+MODEL_CLASSES = {LlamaConfig: Llama, LavinConfig: Lavin, VisionConfig: VisionTransformer}
+
+
+def read_config(path: Path) -> LlamaConfig | LavinConfig | VisionConfig:
+    """An own-format config.json; an unreadable or invalid one is a CheckpointError naming it."""
+    try:
+        return load_config(path)
+    except CheckpointError:
+        raise
+    except ValueError as e:  # load_config's own errors already name the file
+        raise CheckpointError(str(e)) from e
 
 
 def load_model(path: str | Path, dtype: torch.dtype | None = None,
@@ -105,16 +119,22 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None,
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: no {name} (an eas checkpoint holds {CONFIG_FILE} + {WEIGHTS_FILE})")
-    cfg = load_config(path / CONFIG_FILE)
+    cfg = read_config(path / CONFIG_FILE)
     with torch.device("meta"):
-        model = _model_class(cfg, path / CONFIG_FILE)(cfg)
+        model = MODEL_CLASSES[type(cfg)](cfg)
     source = str(path / WEIGHTS_FILE)
-    with safe_open(path / WEIGHTS_FILE, framework="pt") as f:
-        check_state(model, {k: f.get_slice(k).get_shape() for k in f.keys()}, source)
-        state = {}
-        for k in f.keys():
-            t = f.get_tensor(k)
-            state[k] = t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+    try:
+        with safe_open(path / WEIGHTS_FILE, framework="pt") as f:
+            check_state(model, {k: f.get_slice(k).get_shape() for k in f.keys()}, source)
+            state = {}
+            for k in f.keys():
+                t = f.get_tensor(k)
+                state[k] = t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{source}: not a readable safetensors file: {e}") from e
     load_state_strict(model, state, source, dtype, keep_dtype=dtype is None)
-    (model.llama if isinstance(cfg, LavinConfig) else model).init_buffers()
+    if isinstance(model, Lavin):
+        model.llama.init_buffers()
+    elif isinstance(model, Llama):
+        model.init_buffers()
     return model

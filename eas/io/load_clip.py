@@ -1,5 +1,5 @@
 """Load CLIP's visual tower: OpenAI's releases (TorchScript ``ViT-L-14.pt`` or a plain state dict,
-``.pt``/``.safetensors``) and our own format (a folder with vision.safetensors + config.json).
+``.pt``/``.safetensors``) and the own checkpoint format (eas.io.checkpoint) they convert to.
 
 The config is inferred from tensor shapes, as OpenAI's ``build_model`` does. The text tower is
 dropped by name; any other key, a missing key or a wrong shape is a CheckpointError naming it.
@@ -14,14 +14,14 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
-from eas.io.checkpoint import CONFIG_FILE, CheckpointError, load_state_strict
-from eas.model.config import VisionConfig, load_config, save_config
+from eas.errors import CheckpointError
+from eas.io.checkpoint import load_model, load_state_strict
+from eas.model.config import VisionConfig
 from eas.model.vit import VisionTransformer
 
-VISION_FILE = "vision.safetensors"
 VISUAL_PREFIX = "visual."
 # Everything in an OpenAI CLIP checkpoint that is not the visual tower.
 TEXT_TOWER_KEYS = {"positional_embedding", "text_projection", "logit_scale", "input_resolution",
@@ -47,7 +47,7 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         try:
             return load_file(path)
-        except Exception as e:  # safetensors raises its own error type
+        except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
     if _is_torchscript(path):  # OpenAI's releases; torch.load refuses these with weights_only
         try:
@@ -78,15 +78,22 @@ def visual_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torch
     return visual
 
 
+# The tensors the ViT's shape is read from, with their number of dimensions.
+SHAPE_KEYS = {"conv1.weight": 4, "positional_embedding": 2, "proj": 2, "transformer.resblocks.0.mlp.c_fc.weight": 2}
+
+
 def infer_config(shapes: dict[str, tuple[int, ...]], source: str) -> VisionConfig:
     """VisionConfig from the visual tower's tensor shapes (keys without the ``visual.`` prefix)."""
-    for key in ("conv1.weight", "positional_embedding", "proj", "transformer.resblocks.0.mlp.c_fc.weight"):
+    for key, ndim in SHAPE_KEYS.items():
         if key not in shapes:
             raise CheckpointError(f"{source}: missing key {VISUAL_PREFIX}{key} (needed to infer the ViT shape)")
+        if len(shapes[key]) != ndim or 0 in shapes[key]:
+            raise CheckpointError(f"{source}: {VISUAL_PREFIX}{key} has shape {tuple(shapes[key])}, expected "
+                                  f"{ndim} non-empty dimensions")
     width, _, patch, _ = shapes["conv1.weight"]
     n_positions = shapes["positional_embedding"][0]
     grid = math.isqrt(n_positions - 1)
-    if grid * grid + 1 != n_positions:
+    if grid == 0 or grid * grid + 1 != n_positions:
         raise CheckpointError(f"{source}: {VISUAL_PREFIX}positional_embedding has {n_positions} rows, not "
                               f"grid² + 1 for a square patch grid")
     if width % HEAD_WIDTH:
@@ -100,47 +107,22 @@ def infer_config(shapes: dict[str, tuple[int, ...]], source: str) -> VisionConfi
         raise CheckpointError(f"{source}: {e}") from e
 
 
-def _fill(cfg: VisionConfig, state: dict[str, torch.Tensor], source: str, dtype, device) -> VisionTransformer:
+def load_openai_clip(path: str | Path, dtype: torch.dtype = torch.float32,
+                     device: str | torch.device = "cpu") -> VisionTransformer:
+    state = visual_state(read_state(path), str(path))
+    source = f"{path} (visual.* keys, prefix stripped)"
+    cfg = infer_config({k: tuple(t.shape) for k, t in state.items()}, source)
     with torch.device("meta"):
         model = VisionTransformer(cfg)
     return load_state_strict(model, {k: t.to(device) for k, t in state.items()}, source, dtype)
 
 
-def load_openai_clip(path: str | Path, dtype: torch.dtype = torch.float32,
-                     device: str | torch.device = "cpu") -> VisionTransformer:
-    state = visual_state(read_state(path), str(path))
-    source = f"{path} (visual.* keys, prefix stripped)"
-    return _fill(infer_config({k: tuple(t.shape) for k, t in state.items()}, source), state, source, dtype, device)
-
-
-def save_vision(model: VisionTransformer, out_dir: str | Path) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()},
-              out_dir / VISION_FILE, metadata={"format": "pt"})
-    save_config(model.cfg, out_dir / CONFIG_FILE)
-    return out_dir
-
-
-def load_vision_dir(path: str | Path, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu") -> VisionTransformer:
-    """Our own format: ``config.json`` (a VisionConfig) + ``vision.safetensors``."""
-    path = Path(path)
-    for name in (CONFIG_FILE, VISION_FILE):
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path}: no {name} (a converted CLIP holds {CONFIG_FILE} + {VISION_FILE})")
-    cfg = load_config(path / CONFIG_FILE)
-    if not isinstance(cfg, VisionConfig):
-        raise CheckpointError(f"{path / CONFIG_FILE}: holds a {type(cfg).__name__}, not a VisionConfig")
-    source = str(path / VISION_FILE)
-    with safe_open(path / VISION_FILE, framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    return _fill(cfg, state, source, dtype, device)
-
-
 def load_vision(path: str | Path, dtype: torch.dtype = torch.float32,
                 device: str | torch.device = "cpu") -> VisionTransformer:
-    """A converted folder or an OpenAI CLIP file, whichever ``path`` is."""
-    if Path(path).is_dir():
-        return load_vision_dir(path, dtype, device)
-    return load_openai_clip(path, dtype, device)
+    """A converted folder (own format, weights/convert_clip.py) or an OpenAI CLIP file, whichever ``path`` is."""
+    if not Path(path).is_dir():
+        return load_openai_clip(path, dtype, device)
+    model = load_model(path, dtype, device)
+    if not isinstance(model, VisionTransformer):
+        raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a CLIP vision tower")
+    return model

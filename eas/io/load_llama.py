@@ -6,16 +6,17 @@ it is read: peak memory stays near one model in that dtype (7B in bf16 loads in 
 """
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from eas.io.checkpoint import CONFIG_FILE, TOKENIZER_FILE, CheckpointError, check_state, load_model, load_state_strict
-from eas.model.config import LlamaConfig, load_config
+from eas.errors import CheckpointError
+from eas.io.checkpoint import CONFIG_FILE, TOKENIZER_FILE, check_state, load_model, load_state_strict, read_config
+from eas.io.files import read_json
+from eas.model.config import LlamaConfig
 from eas.model.llama import Llama
 
 # Dimension along which Meta's model parallelism (fairscale) splits each weight: ParallelEmbedding
@@ -38,18 +39,24 @@ HF_NAMES = [(re.compile(pattern), meta) for pattern, meta in [
     (r"model\.layers\.(\d+)\.input_layernorm\.weight", r"layers.\1.attention_norm.weight"),
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"layers.\1.ffn_norm.weight"),
 ]]
-HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # old exports saved it
+HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # some exports store HF's RoPE table
 HF_INDEX, HF_SINGLE = "model.safetensors.index.json", "model.safetensors"
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
+def _read_object(path: Path) -> dict:
+    data = read_json(path, "checkpoint file", CheckpointError)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
+
+
+def _header_keys(path: Path) -> list[str]:
+    """Tensor names from a safetensors header; a corrupt file is a CheckpointError naming it."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
 
 
 def detect_format(path: str | Path) -> str:
@@ -60,7 +67,7 @@ def detect_format(path: str | Path) -> str:
     if (path / "params.json").is_file():
         return "meta"
     if (path / CONFIG_FILE).is_file():
-        data = _read_json(path / CONFIG_FILE)
+        data = _read_object(path / CONFIG_FILE)
         if "type" in data:
             return "eas"
         if "model_type" in data or "hidden_size" in data:
@@ -80,10 +87,10 @@ def load_llama(path: str | Path, dtype: torch.dtype = torch.float32,
     elif fmt == "hf":
         model = load_hf(path, dtype, device)
     else:
-        cfg = load_config(path / CONFIG_FILE)
+        cfg = read_config(path / CONFIG_FILE)
         if not isinstance(cfg, LlamaConfig):
             raise CheckpointError(f"{path}: holds a {type(cfg).__name__} model, not a LLaMA; "
-                                  f"use eas.checkpoint.load_model")
+                                  f"use eas.io.checkpoint.load_model")
         model = load_model(path, dtype, device)
     # Meta's release keeps one tokenizer.model beside the 7B/, 13B/ ... folders.
     candidates = [path / TOKENIZER_FILE] + ([path.parent / TOKENIZER_FILE] if fmt == "meta" else [])
@@ -174,7 +181,7 @@ def _merge_meta(key, dim, shape, files, shards, dtype, device) -> torch.Tensor:
 def load_meta(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llama:
     """Meta release folder: params.json + consolidated.NN.pth model-parallel shards."""
     path = Path(path)
-    params = _read_json(path / "params.json")
+    params = _read_object(path / "params.json")
     files, shards = _open_meta_shards(path)
     layout = _meta_layout(files, shards)
     vocab = params.get("vocab_size") or -1
@@ -231,7 +238,7 @@ def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 def _hf_files(path: Path) -> dict[Path, list[str]]:
     """Safetensors file -> the tensor names it must hold."""
     if (path / HF_INDEX).is_file():
-        weight_map = _read_json(path / HF_INDEX).get("weight_map")
+        weight_map = _read_object(path / HF_INDEX).get("weight_map")
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{path / HF_INDEX}: no 'weight_map' object")
         files: dict[Path, list[str]] = {}
@@ -242,8 +249,7 @@ def _hf_files(path: Path) -> dict[Path, list[str]]:
             raise CheckpointError(f"{path / HF_INDEX}: lists shard files that do not exist: {absent}")
         return files
     if (path / HF_SINGLE).is_file():
-        with safe_open(path / HF_SINGLE, framework="pt") as f:
-            return {path / HF_SINGLE: list(f.keys())}
+        return {path / HF_SINGLE: _header_keys(path / HF_SINGLE)}
     found = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pth"))
     raise CheckpointError(f"{path}: no {HF_SINGLE} or {HF_INDEX} (only safetensors are supported; "
                           f"found {found or 'no weight files'})")
@@ -252,15 +258,15 @@ def _hf_files(path: Path) -> dict[Path, list[str]]:
 def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llama:
     """Hugging Face LLaMA folder: config.json + model.safetensors or index-linked shards."""
     path = Path(path)
-    data = _read_json(path / CONFIG_FILE)
+    data = _read_object(path / CONFIG_FILE)
     cfg = hf_config(data, path / CONFIG_FILE)
     files = _hf_files(path)
     shapes = {}
     for file, names in files.items():
+        absent = set(names) - set(_header_keys(file))
+        if absent:
+            raise CheckpointError(f"{file}: lacks tensors its index assigns to it: {sorted(absent)}")
         with safe_open(file, framework="pt") as f:
-            absent = set(names) - set(f.keys())
-            if absent:
-                raise CheckpointError(f"{file}: lacks tensors its index assigns to it: {sorted(absent)}")
             for name in names:
                 if not HF_IGNORED.fullmatch(name):
                     shapes[hf_to_meta_name(name)] = tuple(f.get_slice(name).get_shape())

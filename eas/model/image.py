@@ -1,23 +1,30 @@
-"""LaVIN image preprocessing: RGB, bicubic resize to a square, [0, 1], ImageNet statistics.
+"""Image files to model input: decoding and LaVIN's preprocessing (bicubic square resize, ImageNet statistics).
 
 LaVIN normalises with ImageNet's mean/std, not CLIP's own (eas_method.md §5.2); a model tuned
 LaVIN-style must see the same statistics at inference.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from eas.errors import ImageError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ImageError(ValueError):
-    pass
+def open_image(path: str | Path) -> Image.Image:
+    """Decode one image file to RGB; a corrupt or unreadable file raises ImageError naming it."""
+    try:
+        with Image.open(path) as image:
+            # convert() forces a full decode, so truncated files fail here and not in a batch.
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from e
 
 
 def preprocess(image: Image.Image, size: int) -> torch.Tensor:
@@ -33,14 +40,4 @@ def preprocess(image: Image.Image, size: int) -> torch.Tensor:
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """Read and preprocess one image file; unreadable or corrupt files raise ImageError naming it."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now: truncated files fail here, not later inside a batch
-            return preprocess(image, size)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image {path}: {e}") from e
-
-
-def load_images(paths: Sequence[str | Path], size: int) -> torch.Tensor:
-    """Several image files -> [N, 3, size, size]."""
-    return torch.stack([load_image(p, size) for p in paths])
+    return preprocess(open_image(path), size)

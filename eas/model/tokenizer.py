@@ -12,9 +12,8 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
-
-class TokenizerError(ValueError):
-    pass
+from eas.errors import TokenizerError
+from eas.io.files import atomic_write
 
 
 class Tokenizer:
@@ -39,11 +38,6 @@ class Tokenizer:
         ids = self.sp.encode(text)
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
-    def encode_batch(self, texts: Sequence[str], bos: bool = True, eos: bool = False, device=None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Texts -> left-padded (tokens, positions, key_mask) [B, T], ready for prefill."""
-        return left_pad([self.encode(t, bos, eos) for t in texts], self.pad_id, device)
-
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
 
@@ -67,24 +61,49 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int = 0, device=None
     return tokens.to(device), positions.to(device), key_mask.to(device)
 
 
-def train_tokenizer(texts: Iterable[str], path: str | Path, vocab_size: int) -> Tokenizer:
-    """Train a small byte-fallback SentencePiece model with LLaMA's special ids; write it to ``path``.
+# SentencePiece skips sentences longer than max_sentence_length bytes, so training texts are cut
+# into chunks of whole lines below this many characters (at most 4 bytes each in UTF-8).
+CHUNK_CHARS = 2000
 
-    Meant for tiny bases and tests. Identity normalisation, kept whitespace and "\\n" as its own
-    piece make decode(encode(s)) == s for any text; byte fallback covers characters never seen in
-    training. vocab_size must exceed 259 (3 specials + 256 bytes) plus the distinct characters.
+
+def _chunks(text: str) -> list[str]:
+    chunks, current = [], ""
+    for line in text.split("\n"):
+        while len(line) > CHUNK_CHARS:
+            chunks.append(line[:CHUNK_CHARS])
+            line = line[CHUNK_CHARS:]
+        if current and len(current) + 1 + len(line) > CHUNK_CHARS:
+            chunks.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    return chunks + [current] if current else chunks
+
+
+def train_tokenizer(texts: Iterable[str], path: str | Path, vocab_size: int, model_type: str = "bpe") -> Tokenizer:
+    """Train a byte-fallback SentencePiece model with LLaMA's special ids; write it to ``path``.
+
+    Identity normalisation, kept whitespace, whitespace-only pieces and "\\n" as its own piece make
+    decode(encode(s)) == s for any text; byte fallback covers characters never seen in training.
+    Texts are cut into multi-line chunks, not single lines: encode() adds the dummy "▁" only at
+    the start of a string, so a word after a newline must be seen without it in training too.
+    One thread and no sentence sampling make the file a function of the texts alone; it is built
+    in memory, so the output path is not recorded in it. vocab_size must exceed 259 (3 specials +
+    256 bytes) plus the distinct characters.
     """
+    sentences = [c for text in texts for c in _chunks(text) if c.strip()]
     buffer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(list(texts)), model_writer=buffer,
-            vocab_size=vocab_size, model_type="bpe", character_coverage=1.0, byte_fallback=True,
-            normalization_rule_name="identity", remove_extra_whitespaces=False, split_by_whitespace=True,
-            user_defined_symbols=["\n"], unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-            max_sentence_length=1 << 16, num_threads=1, minloglevel=2)
+            sentence_iterator=iter(sentences), model_writer=buffer,
+            model_type=model_type, vocab_size=vocab_size,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+            byte_fallback=True, user_defined_symbols=["\n"], split_digits=True,
+            allow_whitespace_only_pieces=True, character_coverage=0.9995,
+            input_sentence_size=0, shuffle_input_sentence=False, num_threads=1,
+            max_sentence_length=4 * CHUNK_CHARS + 16, minloglevel=2)
     except RuntimeError as e:
         raise TokenizerError(f"training a {vocab_size}-piece tokenizer for {path} failed: {e}") from e
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buffer.getvalue())
+    atomic_write(path, lambda f: f.write(buffer.getvalue()), TokenizerError)
     return Tokenizer(path)
