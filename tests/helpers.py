@@ -50,7 +50,7 @@ def naive_pia_delta(pia, xn: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor
     return pia.scale * (w[..., :1] * grouped(pia.up_b) + w[..., 1:] * grouped(pia.up_d))
 
 
-def naive_logits(model: Llama, tokens: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+def naive_logits(model, tokens: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
     """Straight-line LLaMA: complex-number RoPE, explicit softmax, repeated KV heads, no cache.
 
     With EAS adapters attached (eas/adapters/blocks.py's table): PIA-A before the attention of kept layers;

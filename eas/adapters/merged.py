@@ -16,7 +16,7 @@ from torch import nn
 
 from eas.adapters.pia import PIA, PIAState, RoutedDown, masked_mean
 from eas.model.config import LlamaConfig
-from eas.model.llama import Block, Context, FeedForward, RMSNorm, rms_normalize
+from eas.model.llama import Block, Context, rms_normalize
 from eas.model.state import per_example
 from eas.model.vit import patch_mask
 

@@ -102,16 +102,6 @@ def save_model(model: nn.Module, out_dir: str | Path, tokenizer: str | Path | No
 MODEL_CLASSES = {LlamaConfig: Llama, LavinConfig: Lavin, VisionConfig: VisionTransformer}
 
 
-def read_config(path: Path) -> LlamaConfig | LavinConfig | VisionConfig:
-    """An own-format config.json; an unreadable or invalid one is a CheckpointError naming it."""
-    try:
-        return load_config(path)
-    except CheckpointError:
-        raise
-    except ValueError as e:  # load_config's own errors already name the file
-        raise CheckpointError(str(e)) from e
-
-
 def load_model(path: str | Path, dtype: torch.dtype | None = None,
                device: str | torch.device = "cpu") -> nn.Module:
     """Load an own-format checkpoint; ``dtype=None`` keeps the dtypes it was saved in."""
@@ -119,7 +109,7 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None,
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: no {name} (an eas checkpoint holds {CONFIG_FILE} + {WEIGHTS_FILE})")
-    cfg = read_config(path / CONFIG_FILE)
+    cfg = load_config(path / CONFIG_FILE)
     with torch.device("meta"):
         model = MODEL_CLASSES[type(cfg)](cfg)
     source = str(path / WEIGHTS_FILE)

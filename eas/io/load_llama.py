@@ -14,9 +14,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from eas.errors import CheckpointError
-from eas.io.checkpoint import CONFIG_FILE, TOKENIZER_FILE, check_state, load_model, load_state_strict, read_config
+from eas.io.checkpoint import CONFIG_FILE, TOKENIZER_FILE, check_state, load_model, load_state_strict
 from eas.io.files import read_json
-from eas.model.config import LlamaConfig
+from eas.model.config import LlamaConfig, load_config
 from eas.model.llama import Llama
 
 # Dimension along which Meta's model parallelism (fairscale) splits each weight: ParallelEmbedding
@@ -87,7 +87,7 @@ def load_llama(path: str | Path, dtype: torch.dtype = torch.float32,
     elif fmt == "hf":
         model = load_hf(path, dtype, device)
     else:
-        cfg = read_config(path / CONFIG_FILE)
+        cfg = load_config(path / CONFIG_FILE)
         if not isinstance(cfg, LlamaConfig):
             raise CheckpointError(f"{path}: holds a {type(cfg).__name__} model, not a LLaMA; "
                                   f"use eas.io.checkpoint.load_model")

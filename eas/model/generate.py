@@ -5,8 +5,6 @@ Works on input embeddings, so a plain LLaMA (``llama.tok_embeddings(tokens)``) a
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from eas.model.llama import Llama
