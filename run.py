@@ -2,23 +2,34 @@
 
     tune       adapt a LaVIN-style model to a task with EAS: search, fine-tune, evaluate, merge
     generate   answer a prompt (optionally about an image) with a LaVIN-style model
+
+Bad input ends in one line `error: ...` and exit status 2; an interrupted tune in exit status 1.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from eas.errors import CheckpointError, EASError, TokenizerError, UsageError
+from eas.io.checkpoint import load_model
+from eas.io.load_llama import detect_format, load_llama
+from eas.io.merged import load_merged
 from eas.model.config import LavinConfig
+from eas.model.generate import generate as generate_tokens
+from eas.model.tokenizer import left_pad
 from eas.model.image import load_image
-from eas.model.lavin import Lavin
+from eas.model.lavin import Lavin, build_batch
 from eas.model.tokenizer import Tokenizer
-
-ROOT = Path(__file__).resolve().parent
-TINY = ROOT / "weights" / "tiny"
+from eas.tune.config import TINY, TuneConfig
+from eas.tune.interrupts import Interrupted
+from eas.tune.pipeline import tune as run_tune
+from eas.tune.report import summary_lines
 
 
 def load_for_generation(model: str | None, random_init: bool, tokenizer: str | None):
@@ -30,52 +41,69 @@ def load_for_generation(model: str | None, random_init: bool, tokenizer: str | N
         return net, Tokenizer(tok_path), "tiny LaVIN-style model with RANDOM weights (untrained: output is noise)"
     path = Path(model) if model else TINY
     if not path.exists():
-        raise SystemExit(f"error: model {path} not found (pass --model DIR|merged.pt, or --random)")
+        raise CheckpointError(f"model {path} not found (pass --model DIR|merged.pt, or --random)")
     if path.is_file():
-        from eas.io.merged import load_merged
         net = load_merged(path)
         tok_path = tok_path or (Path(net.tokenizer_ref) if net.tokenizer_ref else None)
     elif (path / "params.json").exists() or (path / "config.json").exists():
-        from eas.io.load_llama import detect_format, load_llama
         if detect_format(path) == "eas":
-            from eas.io.checkpoint import load_model
             net = load_model(path)
             tok_path = tok_path or path / "tokenizer.model"
         else:
             net, found = load_llama(path)
             tok_path = tok_path or found
     else:
-        raise SystemExit(f"error: {path} holds no params.json or config.json: not a model folder")
+        raise CheckpointError(f"{path} holds no params.json or config.json: not a model folder")
     if tok_path is None or not Path(tok_path).exists():
-        raise SystemExit(f"error: no tokenizer for {path}; pass --tokenizer FILE")
+        raise TokenizerError(f"no tokenizer for {path}; pass --tokenizer FILE")
     return net, Tokenizer(tok_path), str(path)
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    if max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens {max_new_tokens}: expected a number of tokens >= 0")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise UsageError(f"--temperature {temperature}: expected a finite number >= 0 (0 = greedy)")
+    if not 0 < top_p <= 1:
+        raise UsageError(f"--top-p {top_p}: expected a number in (0, 1]")
+
+
+def check_fits(prompt_len: int, max_new_tokens: int, llama_cfg) -> None:
+    """The prompt must fit the model's context, and prompt plus answer the cache's RoPE table,
+    which covers 2 x max_seq_len positions (as in Meta's LLaMA)."""
+    if prompt_len > llama_cfg.max_seq_len:
+        raise UsageError(f"--prompt takes {prompt_len} positions, more than the model's context of "
+                         f"{llama_cfg.max_seq_len}")
+    if prompt_len + max_new_tokens > 2 * llama_cfg.max_seq_len:
+        raise UsageError(f"--max-new-tokens {max_new_tokens}: the {prompt_len}-position prompt leaves room for at "
+                         f"most {2 * llama_cfg.max_seq_len - prompt_len} new tokens")
 
 
 def generate(prompt: str, image: str | None = None, model: str | None = None, random_init: bool = False,
              tokenizer: str | None = None, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
              seed: int = 0) -> str:
+    check_sampling(max_new_tokens, temperature, top_p)
     net, tok, what = load_for_generation(model, random_init, tokenizer)
     net.eval()
-    print(f"model: {what}", file=sys.stderr)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     if isinstance(net, Lavin):
-        pixels = None
-        if image is not None:
-            pixels = load_image(image, net.cfg.vision.image_size)[None]
-        batch = net.build_batch(tok, [(prompt, None, image is not None)])
-        out = net.generate(batch, pixels, max_new_tokens, eos_id=tok.eos_id, temperature=temperature,
-                           top_p=top_p, generator=gen)[0]
+        request = [(prompt, None, image is not None)]
+        check_fits(build_batch(tok, request, net.cfg.n_visual_tokens).tokens.shape[1], max_new_tokens, net.cfg.llama)
+        pixels = None if image is None else load_image(image, net.cfg.vision.image_size)[None]
+        out = net.generate(net.build_batch(tok, request), pixels, max_new_tokens, eos_id=tok.eos_id,
+                           temperature=temperature, top_p=top_p, generator=gen)[0]
     else:
         if image is not None:
-            raise SystemExit("error: --image needs a multimodal (LaVIN) model; this one is a text-only LLaMA")
-        from eas.model.generate import generate as generate_tokens, left_pad
-        tokens, positions, key_mask = left_pad([tok.encode(prompt, bos=True, eos=False)])
+            raise UsageError("--image needs a multimodal (LaVIN) model; this one is a text-only LLaMA")
+        ids = tok.encode(prompt, bos=True, eos=False)
+        check_fits(len(ids), max_new_tokens, net.cfg)
+        tokens, positions, key_mask = left_pad([ids])
         with torch.no_grad():
             out = generate_tokens(net, net.tok_embeddings(tokens), positions, key_mask, max_new_tokens,
                                   eos_id=tok.eos_id, temperature=temperature, top_p=top_p, generator=gen)[0]
     text = tok.decode(out)
-    print(f"{len(out)} tokens in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    print(f"model: {what}; {len(out)} tokens in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     print(text)
     return text
 
@@ -87,7 +115,10 @@ TUNE_HELP = {
     "base": "own-format LaVIN folder (default: the tiny pretrained base in weights/tiny)",
     "llama": "Meta or Hugging Face LLaMA folder (with --clip, instead of --base)",
     "clip": "OpenAI CLIP checkpoint or converted folder (with --llama)",
-    "out": "run folder: log.jsonl, state.pt, report.*, merged.pt",
+    "out": "run folder: log.jsonl, state.pt, report.*, merged.pt (default runs/<task>)",
+    "device": "cpu, cuda or cuda:N (default cuda:LOCAL_RANK when CUDA is available, else cpu)",
+    "dtype": "the frozen base's dtype, float32 or bfloat16 (default bfloat16 on CUDA, float32 on CPU); "
+             "adapters always train in float32",
     "skip": "K units to skip (default: a quarter of the layers; 0 = adapter-only baseline)",
     "skip_set": "comma-separated layers to skip, no search (e.g. 1,5)",
     "unit": "what a skipped layer loses: attention (EAS), ffn, or layer (as DAS); only attention merges "
@@ -101,36 +132,36 @@ TUNE_HELP = {
 }
 
 
+def layer_list(text: str) -> tuple[int, ...]:
+    """--skip-set 1,5 -> (1, 5); an empty list is kept, for TuneConfig's check to refuse by name."""
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
 def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
-    """One --flag per TuneConfig field, typed from its default, so CLI and library cannot drift."""
-    import dataclasses
+    """One --flag per TuneConfig field, typed from its annotation, so CLI and library cannot drift."""
     for f in dataclasses.fields(cls):
         flag, default = "--" + f.name.replace("_", "-"), f.default
         help_ = TUNE_HELP.get(f.name, f.name.replace("_", " "))
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=help_)
         elif f.name == "skip_set":
-            parser.add_argument(flag, type=lambda v: tuple(int(x) for x in v.split(",") if x.strip()),
-                                default=None, help=help_)
+            parser.add_argument(flag, type=layer_list, default=None, help=help_)
         else:
             kind = {"int | None": int, "str | None": str}.get(str(f.type), type(default) if default is not None else str)
             parser.add_argument(flag, type=kind, default=default, help=f"{help_} (default {default})")
 
 
 def tune(**kwargs) -> dict:
-    from eas.tune.report import summary_lines
-    from eas.tune.pipeline import TuneConfig, tune as run_tune
     report = run_tune(TuneConfig(**kwargs))
     if report:
         print("\n".join(summary_lines(report)))
     return report
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="run.py", description="EAS: parameter- and computation-efficient tuning "
                                  "of LaVIN-style multimodal LLMs (Effective Attention Skipping).")
     sub = ap.add_subparsers(dest="command", required=True)
-    from eas.tune.pipeline import TuneConfig
     t = sub.add_parser("tune", help="EAS recipe end to end: search, fine-tune, evaluate, merge -> merged.pt")
     _add_dataclass_args(t, TuneConfig)
     g = sub.add_parser("generate", help="answer a prompt (optionally about an image)")
@@ -144,18 +175,24 @@ def main(argv=None) -> int:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    args = vars(ap.parse_args(argv))
+    return ap
+
+
+def main(argv=None) -> int:
+    args = vars(parser().parse_args(argv))
     command = args.pop("command")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
-    from eas.io.checkpoint import CheckpointError
-    from eas.data import DataError
-    from eas.model.image import ImageError
-    from eas.model.tokenizer import TokenizerError
     try:
         {"generate": generate, "tune": tune}[command](**args)
-    except (CheckpointError, DataError, ImageError, TokenizerError) as e:  # bad input: a message, not a traceback
+    except EASError as e:  # bad input: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

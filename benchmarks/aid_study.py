@@ -11,7 +11,6 @@ page says so.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
@@ -21,17 +20,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eas.tune.pipeline import TuneConfig, tune  # noqa: E402
+from eas.errors import EASError, RunFolderError, UsageError  # noqa: E402
+from eas.io.files import read_json, write_text_atomic  # noqa: E402
+from eas.tune.config import TuneConfig  # noqa: E402
+from eas.tune.pipeline import tune  # noqa: E402
 
 
 def run(name: str, runs: Path, resume: bool, **settings) -> dict:
     out = runs / name
     if (out / "report.json").is_file() and resume:
-        report = json.loads((out / "report.json").read_text())
+        report = read_json(out / "report.json", "report", RunFolderError)
         wanted = {**settings, "skip_set": list(settings["skip_set"]) if settings.get("skip_set") else None}
         stale = {k: (report["config"].get(k), v) for k, v in wanted.items() if report["config"].get(k) != v}
         if stale:
-            raise SystemExit(f"error: {out} was run with other settings {stale} (theirs, wanted): "
+            raise UsageError(f"{out} was run with other settings {stale} (theirs, wanted): "
                              f"remove it or pass another --runs")
         return report
     print(f"\n=== {name}: {settings}", flush=True)
@@ -49,6 +51,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="reuse finished runs, continue interrupted ones")
     args = ap.parse_args(argv)
+    try:
+        study(args)
+    except EASError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def study(args) -> None:
     common = {"data_root": args.data_root, "seed": args.seed}
     base = run("skip0", args.runs, args.resume, skip=0, **common)
     studies = {}
@@ -59,7 +70,9 @@ def main(argv=None) -> int:
         randoms = [run(f"random{k}_{i}", args.runs, args.resume, skip_set=s, **common) for i, s in enumerate(sets)]
         studies[k] = (searched, randoms)
     write_page(args, base, studies)
-    return 0
+
+
+CHANCE = 100 / 30  # 30 AID classes
 
 
 def _row(name: str, r: dict) -> str:
@@ -68,11 +81,9 @@ def _row(name: str, r: dict) -> str:
             f"{100 * r['params']['share_of_llm']:.2f} |")
 
 
-def write_page(args, base: dict, studies: dict) -> None:
-    synthetic, n_units = base["synthetic"], base["n_units"]
-    chance = 100 / 30
+def _rows_and_findings(base: dict, studies: dict) -> tuple[list[str], list[str]]:
     rows = [_row("adapters only (--skip 0)", base)]
-    findings = [f"- Adapter baseline vs chance: {base['accuracy']['unmerged']:.2f} % vs {chance:.1f} %."]
+    findings = [f"- Adapter baseline vs chance: {base['accuracy']['unmerged']:.2f} % vs {CHANCE:.1f} %."]
     everything = [base]
     for k, (eas, randoms) in studies.items():
         rows.append(_row(f"EAS, searched K={k}", eas))
@@ -94,6 +105,12 @@ def write_page(args, base: dict, studies: dict) -> None:
            for form in ("static", "dynamic")}
     findings.append(f"- Merged vs unmerged, largest gap over all runs: static {gap['static']:.2f} points, "
                     f"dynamic {gap['dynamic']:.2f} points.")
+    return rows, findings
+
+
+def write_page(args, base: dict, studies: dict) -> None:
+    synthetic, n_units, chance = base["synthetic"], base["n_units"], CHANCE
+    rows, findings = _rows_and_findings(base, studies)
     skips = " ".join(str(k) for k in studies)
     cmd = (f"python benchmarks/aid_study.py --out docs/RESULTS.md --skip {skips} --random {args.random}"
            + (f" --data-root {args.data_root}" if args.data_root else ""))
@@ -123,8 +140,7 @@ default settings plus `--skip` / `--skip-set` as listed (reports, with per-stage
 `runs/study/`). Accuracy is a function of the seed, not of the machine's load; times are not
 compared here (for speed see [BENCHMARKS.md](BENCHMARKS.md)).
 """
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(page, encoding="utf-8")
+    write_text_atomic(args.out, page, RunFolderError)
     print(page)
 
 

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from eas.adapters.attach import UNITS, eas_blocks, llama_of, set_skipped
+from eas.distributed import collective_device
 
 Subnet = tuple[int, ...]
 
@@ -124,7 +125,7 @@ class BanditSearch:
         """Average s over ranks (each rank applied its own update); a no-op without distributed."""
         if not (dist.is_available() and dist.is_initialized()):
             return
-        s = self.scores.to(_collective_device(process_group))
+        s = self.scores.to(collective_device(process_group))
         dist.all_reduce(s, op=dist.ReduceOp.SUM, group=process_group)
         self.scores = (s / dist.get_world_size(process_group)).cpu()
         self.history[-1] = self.scores.clone()
@@ -145,19 +146,13 @@ class BanditSearch:
         self.generator.set_state(state["generator"])
 
 
-def _collective_device(process_group) -> torch.device:
-    if dist.get_backend(process_group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def broadcast_subnets(subnets: Sequence[Sequence[int]], process_group=None) -> list[Subnet]:
     """Every rank takes rank 0's sub-networks (all ranks pass lists of the same shape);
     a no-op without distributed."""
     subnets = [tuple(int(i) for i in s) for s in subnets]
     if not (dist.is_available() and dist.is_initialized()):
         return subnets
-    t = torch.tensor(subnets, dtype=torch.long, device=_collective_device(process_group))
+    t = torch.tensor(subnets, dtype=torch.long, device=collective_device(process_group))
     src = 0 if process_group is None else dist.get_global_rank(process_group, 0)
     dist.broadcast(t, src=src, group=process_group)
     return [tuple(row) for row in t.cpu().tolist()]

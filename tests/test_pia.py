@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from eas.model.config import LlamaConfig
-from eas.adapters.attach import EASConfig, add_adapters
+from eas.adapters.attach import EASConfig, add_adapters, mark_trainable, set_dropout_generator
 from eas.model.llama import Llama
 from eas.adapters.pia import PIA
 from helpers import naive_logits, random_gains, rel_err
@@ -59,3 +59,27 @@ def test_training_pass_never_pools_the_answer(gen):
     assert torch.allclose(logits(other_answer)[:, :n_prompt], ref, atol=1e-6, rtol=0)
     # the same comparison can fail: a changed prompt token moves every prompt position's logits
     assert rel_err(logits(other_prompt)[:, 1:n_prompt], ref[:, 1:]) > 1e-3
+
+
+def test_checkpointed_backward_replays_the_dropout_generator(gen):
+    """Activation checkpointing recomputes each block in backward; the recomputation must draw the
+    same dropout masks from the adapters' explicit generator as the forward did."""
+    model = adapted(gen, (1,))
+    mark_trainable(model).train()
+    tokens = torch.randint(1, model.cfg.vocab_size, (2, 9), generator=gen)
+    drop = torch.Generator()
+    set_dropout_generator(model, drop)
+    grads = []
+    for checkpointing in (False, True):
+        model.grad_checkpointing = checkpointing
+        model.zero_grad(set_to_none=True)
+        drop.manual_seed(7)
+        model(tokens).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        after = drop.get_state()
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+    drop.manual_seed(7)
+    model.grad_checkpointing = False
+    model(tokens)
+    assert torch.equal(drop.get_state(), after)  # the generator ends where one forward leaves it

@@ -134,17 +134,25 @@ def test_sync_without_distributed_is_a_no_op():
     assert broadcast_subnets([(0, 1), [2, 3]]) == [(0, 1), (2, 3)]
 
 
-def test_sync_runs_the_collectives_in_a_one_rank_group(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+def _two_rank_sync(rank: int, folder: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=2)
     try:
         search = BanditSearch(4, 2)
-        search.update([(0, 1), (2, 3)], [0.1, 0.3])
-        before = search.scores.clone()
-        search.sync()  # the mean over one rank is the rank's own s
-        assert torch.equal(search.scores, before) and torch.equal(search.trajectories()[-1], before)
-        assert broadcast_subnets([(0, 1), (2, 3)]) == [(0, 1), (2, 3)]
+        search.scores = torch.tensor([1.0, 2.0, 3.0, 4.0]) * (rank + 1)  # rank 1 holds twice rank 0's s
+        search.sync()
+        subnets = broadcast_subnets([(0, 1), (2, 3)] if rank == 0 else [(1, 2), (0, 3)])
+        torch.save({"scores": search.scores, "last": search.trajectories()[-1], "subnets": subnets},
+                   f"{folder}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def test_sync_averages_and_broadcast_takes_rank_zero_over_two_processes(tmp_path):
+    torch.multiprocessing.spawn(_two_rank_sync, args=(str(tmp_path),), nprocs=2)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.equal(got["scores"], torch.tensor([1.5, 3.0, 4.5, 6.0])) and torch.equal(got["last"], got["scores"])
+        assert got["subnets"] == [(0, 1), (2, 3)]
 
 
 def tiny_eas(gen):

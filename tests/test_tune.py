@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,13 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from eas.errors import CheckpointError, EASError, RunFolderError, UsageError
 from eas.io.checkpoint import save_model
+from eas.io.merged import load_merged
 from eas.model.config import LavinConfig
 from eas.model.lavin import Lavin
-from eas.io.merged import load_merged
 from eas.model.tokenizer import Tokenizer
+from eas.tune.config import TuneConfig
+from eas.tune.pipeline import tune
 from eas.tune.train import load_checkpoint
-from eas.tune.pipeline import TuneConfig, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "weights" / "tiny" / "tokenizer.model"
@@ -47,7 +51,8 @@ def cli(base, cache, out, *extra, **settings) -> list[str]:
     args = [sys.executable, str(ROOT / "run.py"), "tune", "--base", str(base), "--cache-dir", str(cache),
             "--out", str(out)]
     for k, v in {**SMALL, **settings}.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+        if v is not None:  # None: leave the flag at its default
+            args += [f"--{k.replace('_', '-')}", str(v)]
     return args + list(extra)
 
 
@@ -66,6 +71,9 @@ def test_tiny_end_to_end_tune(base, cache, tmp_path):
     for name in ("report.json", "report.md", "preferences.png", "merged.pt", "adapters.pt", "log.jsonl"):
         assert (out / name).is_file(), name
     assert "SYNTHETIC" in (out / "report.md").read_text()
+    from PIL import Image
+    with Image.open(out / "preferences.png") as png:
+        assert png.format == "PNG" and png.size == (720, 420)
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 60
     # The dynamic merge is exact, so greedy decoding gives the very same answers as the adapters.
@@ -121,7 +129,7 @@ def test_searched_set_fine_tunes_like_the_same_fixed_set(base, cache, tmp_path):
 
 
 def test_unknown_unit_is_refused(base, cache, tmp_path):
-    with pytest.raises(SystemExit, match="--unit 'head'"):
+    with pytest.raises(UsageError, match="--unit 'head'"):
         tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"), **{**SMALL, "unit": "head"}))
 
 
@@ -178,6 +186,7 @@ def test_interrupt_and_kill_then_resume_is_exact(base, cache, tmp_path):
     assert a["trajectories"] == b["trajectories"]
     wa, wb = (load_checkpoint(d / "adapters.pt")["adapters"] for d in (ref, run))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (ref / "predictions.jsonl").read_text() == (run / "predictions.jsonl").read_text()
     # The log holds each step once, as if nothing had happened.
     steps = [(r["stage"], r["step"]) for r in map(json.loads, log.read_text().splitlines()) if "stage" in r]
     assert len(steps) == len(set(steps)) == (1 + 6) * 3 + 3  # (warm-up + search epochs) x 3 steps + fine-tune
@@ -206,9 +215,10 @@ def test_bad_input_is_named(base, cache, tmp_path):
     def fails(*extra, **settings):
         done = subprocess.run(cli(base, cache, tmp_path / "bad", *extra, **settings), env=env1(),
                               capture_output=True, text=True)
-        assert done.returncode != 0
-        assert "Traceback" not in done.stderr, done.stderr[-2000:]
-        return done.stderr
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ")
+        return last
 
     assert "does-not-exist" in fails("--data-root", str(tmp_path / "does-not-exist"))
     (tmp_path / "empty").mkdir()
@@ -222,26 +232,31 @@ def test_bad_input_is_named(base, cache, tmp_path):
     (wrong / "config.json").write_text(json.dumps(cfg))
     err = subprocess.run(cli(wrong, cache, tmp_path / "bad2"), env=env1(), capture_output=True, text=True).stderr
     assert "Traceback" not in err and "wrongbase" in err and "attention_norm.weight: checkpoint (64,) vs model (96,)" in err
-    assert "--skip 9" in fails(skip=9)
-    assert "--merge" in fails(merge="fused")
+    assert "--skip 9: expected a number in 0..3" in fails(skip=9)
+    assert "--skip-set '1,4': expected layers in 0..3" in fails(skip=None, skip_set="1,4")
 
 
-def test_corrupt_image_is_counted_not_fatal(base, cache, tmp_path):
+def test_corrupt_and_stray_files_are_counted_and_listed(base, cache, tmp_path):
+    """Neither stops the run; both are named in report.md, where a vanished class would show."""
     from eas.data.synthetic_aid import write_synthetic_aid
     root = write_synthetic_aid(tmp_path / "aid", per_class=4, size=32)
     (root / "Airport" / "airport_1.jpg").write_bytes(b"not a jpeg")
+    (root / "Beach" / "notes.txt").write_text("not an image")
     report = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"), data_root=str(root),
                              **{**SMALL, "skip": 0, "finetune_epochs": 1}))
     assert len(report["skipped_files"]) == 1 and "airport_1.jpg" in report["skipped_files"][0]
+    assert len(report["warnings"]) == 1 and "notes.txt" in report["warnings"][0]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert f"- {report['skipped_files'][0]}" in md and f"- {report['warnings'][0]}" in md
 
 
 def test_existing_run_needs_resume_and_same_settings(base, cache, tmp_path):
     out = tmp_path / "r"
     tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(out), **{**SMALL, "skip": 0, "max_test": 4,
                                                                            "finetune_epochs": 1}))
-    with pytest.raises(SystemExit, match="--resume"):
+    with pytest.raises(RunFolderError, match="--resume"):
         tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(out), **{**SMALL, "skip": 0}))
-    with pytest.raises(SystemExit, match="lr=0.004 .now 0.1"):
+    with pytest.raises(CheckpointError, match="lr=0.004 .now 0.1"):
         tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(out), resume=True,
                         **{**SMALL, "skip": 0, "max_test": 4, "finetune_epochs": 1, "lr": 0.1}))
 
@@ -329,14 +344,14 @@ def test_slake_end_to_end_tune(base, cache, tmp_path):
 
 def test_batch_without_readable_image_is_skipped_not_fatal(base, cache, tmp_path):
     """A training batch or a bandit validation batch whose every image is unreadable is skipped,
-    counted and named; before, the step raised ValueError and the bandit reward was 0/0 (NaN)."""
+    counted and named, on every rank alike: no update from an empty batch, no 0/0 reward."""
     from eas.data import DataWarning
     from eas.data.slake import load_slake
-    from eas.tune.pipeline import _permutation
+    from eas.tune.batches import permutation
     root = _slake_set(tmp_path / "Slake", images=None)  # one image file per question
     train, val = load_slake(root, "train"), load_slake(root, "validate")
-    bad_train = [train[i].image for i in _permutation(len(train), 0, "finetune", 0)[:4]]  # fine-tune step 0
-    bad_val = [val[i].image for i in _permutation(len(val), 0, "val", 0)[:2]]  # bandit round 0
+    bad_train = [train[i].image for i in permutation(len(train), 0, "finetune", 0)[:4]]  # fine-tune step 0
+    bad_val = [val[i].image for i in permutation(len(val), 0, "val", 0)[:2]]  # bandit round 0
     for path in bad_train + bad_val:
         path.write_bytes(b"not a jpeg")
     settings = dict(batch_size=4, val_batch=2, warmup_epochs=0, search_epochs=1, finetune_epochs=1, nas_every=1,
@@ -355,3 +370,149 @@ def test_batch_without_readable_image_is_skipped_not_fatal(base, cache, tmp_path
     assert log[2] == {"stage": "finetune", "step": 0, "loss": None, "skipped_batch": True}
     assert log[3]["loss"] is not None and all(r["loss"] is not None for r in log[:2])
     assert "2 batch(es) skipped" in (tmp_path / "r" / "report.md").read_text()
+
+
+# -- Bad input: a one-line error naming the flag, path or value, before any work; no partial files --
+
+@pytest.mark.parametrize("flag,value,named", [
+    ("nas_every", 0, "--nas-every 0"), ("val_batch", 0, "--val-batch 0"), ("accum", 0, "--accum 0"),
+    ("candidates", 0, "--candidates 0"), ("eval_batch_size", 0, "--eval-batch-size 0"),
+    ("batch_size", 0, "--batch-size 0"), ("lr", "nan", "--lr nan"), ("lr", 0, "--lr 0.0"),
+    ("weight_decay", -0.1, "--weight-decay -0.1"), ("finetune_epochs", -1, "--finetune-epochs -1.0"),
+    ("search_epochs", "inf", "--search-epochs inf"), ("max_test", 0, "--max-test 0"),
+    ("max_test", -5, "--max-test -5"), ("skip_set", ",", "--skip-set '': expected at least one layer"),
+    ("skip_set", "1,1", "--skip-set '1,1': expected distinct"), ("merge", "fused", "--merge 'fused'"),
+    ("unit", "head", "--unit 'head'"), ("save_minutes", 0, "--save-minutes 0.0"),
+    ("device", "tpu", "--device 'tpu'"), ("dtype", "float16", "--dtype 'float16'"),
+    ("llama", "somewhere", "--llama and --clip go together"), ("task", "slake", "--task slake needs --data-root"),
+    ("task", "coco", "--task 'coco': expected one of aid, scienceqa, slake"),
+])
+def test_bad_flag_is_refused_before_any_work(flag, value, named, base, cache, tmp_path, capsys):
+    import run
+    out = tmp_path / "run"
+    status = run.main(cli(base, cache, out, **{"skip": None, flag: value})[2:])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert named in err
+    assert not out.exists(), "refused before the run folder was made"
+
+
+def test_bad_flag_from_the_shell_is_one_line(base, cache, tmp_path):
+    done = subprocess.run(cli(base, cache, tmp_path / "run", lr="nan"), env=env1(), capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr == "error: --lr nan: expected a finite number > 0\n"
+
+
+def _slake_tune(base, cache, tmp_path, splits: dict, **settings) -> dict:
+    from fixture_data import slake_entry, write_slake
+    qid = itertools.count()
+    root = write_slake(tmp_path / "Slake", {split: [slake_entry(next(qid), "Is this a CT image?", "Yes", "CLOSED")
+                                                    for _ in range(n)] for split, n in splits.items()})
+    return tune(TuneConfig(task="slake", data_root=str(root), base=str(base), cache_dir=str(cache),
+                           out=str(tmp_path / "r"), **{**TASK_SMALL, **settings}))
+
+
+def test_empty_validation_split_is_refused_up_front(base, cache, tmp_path):
+    from eas.errors import DataError
+    with pytest.raises(DataError, match="validation split of .*Slake has no examples"):
+        _slake_tune(base, cache, tmp_path, {"train": 8, "validate": 0, "test": 2})
+    assert not (tmp_path / "r" / "log.jsonl").exists()
+
+
+def test_training_split_smaller_than_a_batch_is_refused(base, cache, tmp_path):
+    with pytest.raises(UsageError, match="--batch-size 8 must be .* at most the 4 training examples"):
+        _slake_tune(base, cache, tmp_path, {"train": 4, "validate": 2, "test": 2})
+
+
+def test_run_folder_under_a_regular_file(base, cache, tmp_path, capsys):
+    import run
+    (tmp_path / "file").write_text("")
+    status = run.main(cli(base, cache, tmp_path / "file" / "run")[2:])
+    err = capsys.readouterr().err
+    assert status == 2 and err == f"error: cannot create the run folder {tmp_path / 'file' / 'run'}: Not a directory\n"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """make(name, size, read_only) -> a folder on a file system of `size` bytes of its own (tmpfs)."""
+    mounted = []
+
+    def make(name: str, size: str = "1m", read_only: bool = False) -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        opts = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("needs a small file system of its own: mount -t tmpfs (root)")
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in mounted:
+        subprocess.run(["umount", "--lazy", str(where)], check=True)  # lazy: a failed writer may hold a file
+
+
+def test_read_only_run_folder(base, cache, small_disk, capsys):
+    import run
+    out = small_disk("ro", read_only=True)
+    status = run.main(cli(base, cache, out)[2:])
+    err = capsys.readouterr().err
+    assert status == 2 and err == f"error: cannot write {out / 'log.jsonl'}: Read-only file system\n"
+
+
+def test_disk_full_while_saving_state(base, cache, small_disk):
+    out = small_disk("full", size="128k")  # log.jsonl fits, state.pt (about 240 kB) does not
+    with pytest.raises(RunFolderError, match=f"cannot write {out / 'state.pt'}: No space left on device"):
+        tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(out), **SMALL))
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl"]
+
+
+def test_disk_full_while_writing_merged(base, cache, small_disk):
+    out = small_disk("full", size="1m")  # state.pt fits, merged.pt (about 2.6 MB) does not
+    with pytest.raises(EASError, match=f"{out / 'merged.pt'}.*No space left on device"):
+        tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(out), **{**SMALL, "max_test": 2}))
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name == "merged.pt"]
+
+
+def test_unreadable_state_is_one_line(base, cache, tmp_path, capsys):
+    import run
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "state.pt").write_bytes(bytes(range(256)) * 8)
+    assert run.main(cli(base, cache, out, "--resume")[2:]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {out / 'state.pt'} is unreadable or corrupt") and err.count("\n") == 1
+    torch.save({"stage": "search", "step": 3}, out / "state.pt")
+    assert run.main(cli(base, cache, out, "--resume")[2:]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {out / 'state.pt'} lacks stage_time, config,") and err.count("\n") == 1
+
+
+def test_resume_accepts_any_spelling_of_the_same_paths_and_a_moved_folder(base, cache, tmp_path, monkeypatch):
+    """--out and --data-root as ./x, x/ or absolute name the same run; a run folder moved whole
+    resumes from its new place (a finished run re-evaluates, with the same answers)."""
+    from eas.data.synthetic_aid import write_synthetic_aid
+    monkeypatch.chdir(tmp_path)
+    write_synthetic_aid(tmp_path / "aid", per_class=4, size=32)
+    settings = {**SMALL, "skip": 0, "finetune_epochs": 1, "max_test": 4}
+    tune(TuneConfig(base=str(base), cache_dir=str(cache), out="runs/x", data_root="aid", **settings))
+    first = (tmp_path / "runs" / "x" / "predictions.jsonl").read_text()
+    again = tune(TuneConfig(base=str(base), cache_dir=str(cache), out="./runs/x/", data_root=str(tmp_path / "aid"),
+                            resume=True, **settings))
+    assert again["merged"]["path"] == str(Path("runs/x/merged.pt"))
+    (tmp_path / "runs" / "x").rename(tmp_path / "moved")
+    tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "moved"), data_root="./aid/",
+                    resume=True, **settings))
+    assert (tmp_path / "moved" / "predictions.jsonl").read_text() == first
+
+
+def test_default_run_folder_is_per_task_and_bf16_base_trains(base, cache, tmp_path, monkeypatch):
+    """--out defaults to runs/<task>; --dtype bfloat16 keeps the base in bf16 and trains fp32 adapters."""
+    monkeypatch.chdir(tmp_path)
+    report = tune(TuneConfig(base=str(base), cache_dir=str(cache), dtype="bfloat16",
+                             **{**SMALL, "skip": 0, "finetune_epochs": 1, "max_test": 4}))
+    assert report["config"]["out"] == str(Path("runs/aid")) and report["config"]["dtype"] == "bfloat16"
+    assert (tmp_path / "runs" / "aid" / "merged.pt").is_file()
+    adapters = load_checkpoint(tmp_path / "runs" / "aid" / "adapters.pt")["adapters"]
+    assert {v.dtype for v in adapters.values()} == {torch.float32}
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "runs" / "aid" / "log.jsonl").read_text().splitlines())]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)

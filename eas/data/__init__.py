@@ -8,7 +8,6 @@ Only paths travel in the records: images are decoded when a batch is built
 """
 from __future__ import annotations
 
-from eas.errors import DataError  # noqa: F401  (importers outside eas/data move to eas.errors)
 
 
 class DataWarning(UserWarning):

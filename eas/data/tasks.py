@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from eas.data import DataWarning  # noqa: F401  (eas/tune/pipeline.py imports it from here; moves to eas.data)
 from eas.data.aid import paper_split, scan_aid, score_aid
 from eas.data.scienceqa import load_scienceqa, score_scienceqa
 from eas.data.slake import load_slake, score_slake

@@ -102,6 +102,33 @@ def save_model(model: nn.Module, out_dir: str | Path, tokenizer: str | Path | No
 MODEL_CLASSES = {LlamaConfig: Llama, LavinConfig: Lavin, VisionConfig: VisionTransformer}
 
 
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def stored_dtype(path: str | Path) -> torch.dtype:
+    """The floating dtype a checkpoint folder (own format, Hugging Face or Meta) stores its weights
+    in, read from the first floating tensor without loading the others."""
+    path = Path(path)
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(f, framework="pt") as st:
+                kinds = [st.get_slice(k).get_dtype() for k in st.keys()]
+        except (OSError, SafetensorError) as e:
+            raise CheckpointError(f"cannot read {f}: {e}") from e
+        for kind in kinds:
+            if kind in _SAFETENSORS_DTYPES:
+                return _SAFETENSORS_DTYPES[kind]
+    for f in sorted(path.glob("*.pth")) + sorted(path.glob("*.bin")):
+        try:
+            state = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+        except Exception as e:  # unpickling garbage raises anything from UnpicklingError to EOFError
+            raise CheckpointError(f"cannot read {f}: {str(e).strip().splitlines()[0]}") from e
+        for t in (state.values() if isinstance(state, dict) else ()):
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                return t.dtype
+    raise CheckpointError(f"{path}: no floating-point weights found (*.safetensors, *.pth or *.bin)")
+
+
 def load_model(path: str | Path, dtype: torch.dtype | None = None,
                device: str | torch.device = "cpu") -> nn.Module:
     """Load an own-format checkpoint; ``dtype=None`` keeps the dtypes it was saved in."""

@@ -13,6 +13,12 @@ from typing import IO, Any
 from eas.errors import CheckpointError, EASError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def replacing(path: str | Path, error: type[EASError] = CheckpointError) -> Iterator[Path]:
     """Yield a temporary path next to `path` to write; when the block succeeds, fsync it and rename
@@ -26,6 +32,7 @@ def replacing(path: str | Path, error: type[EASError] = CheckpointError) -> Iter
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         os.close(fd)
+        os.chmod(name, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
     except OSError as e:
         raise error(f"cannot write {path}: {e.strerror or e}") from e
     tmp = Path(name)
@@ -45,7 +52,12 @@ def replacing(path: str | Path, error: type[EASError] = CheckpointError) -> Iter
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], error: type[EASError] = CheckpointError) -> Path:
     """Call write(f) on a binary file that replaces `path` only once complete (see `replacing`)."""
     with replacing(path, error) as tmp, open(tmp, "wb") as f:
-        write(f)
+        try:
+            write(f)
+        except RuntimeError as e:  # torch.save's zip writer reports a failed write this way, hiding ENOSPC
+            free = shutil.disk_usage(Path(path).parent).free
+            reason = f"No space left on device ({free} bytes free)" if free < 1 << 20 else str(e).strip().splitlines()[0]
+            raise OSError(reason) from e
     return Path(path)
 
 

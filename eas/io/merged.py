@@ -35,12 +35,23 @@ def save_merged(model, path, tokenizer: str | None = None, dtype: torch.dtype | 
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
+@torch.no_grad()
+def as_stored(model, dtype: torch.dtype):
+    """`model` (in place) with every stored floating tensor rounded to `dtype` and kept in its own
+    dtype: what load_merged(save_merged(model, dtype=dtype)) gives, cast back for computing."""
+    for t in model.state_dict().values():
+        if t.is_floating_point():
+            t.copy_(t.to(dtype))
+    return model
+
+
 def load_merged(path, device="cpu", dtype: torch.dtype | None = None):
     """merged.pt -> a plain Llama or Lavin with the skipped units absent (in `dtype`, default as stored)."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # unpickling garbage raises anything from UnpicklingError to EOFError
-        raise CheckpointError(f"cannot read merged checkpoint {path}: {e}") from e
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read merged checkpoint {path}: {reason}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an EAS merged checkpoint (no format={FORMAT!r})")
     if ckpt.get("version") != VERSION:

@@ -107,9 +107,10 @@ def build_batch(tokenizer: Tokenizer, examples: Sequence[tuple[str, str | None, 
                       has_image=torch.tensor([bool(e[2]) for e in examples]))
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over supervised slots (labels are already shifted)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over supervised slots (labels are already shifted), averaged or summed."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction=reduction)
 
 
 class Lavin(nn.Module):

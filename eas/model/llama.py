@@ -11,7 +11,9 @@ Layers listed in ``cfg.no_attention`` / ``cfg.no_ffn`` have that unit physically
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,28 @@ def attention_mask(key_mask: torch.Tensor, first_query: torch.Tensor | int, n_qu
     k_slot = torch.arange(S, device=key_mask.device)[None, :]
     allowed = (k_slot <= q_slot) & (key_mask[:, None, :] | (k_slot == q_slot))
     return allowed[:, None]
+
+
+def replay_generators(module: nn.Module):
+    """Activation checkpointing's context_fn: the recomputation in backward draws again what the
+    forward drew from explicit generators (a module's ``generator``, e.g. seeded dropout); torch
+    itself replays only its global RNG. Called at forward time, so it records the states then."""
+    gens = list({id(g): g for m in module.modules()
+                 if isinstance(g := getattr(m, "generator", None), torch.Generator)}.values())
+    start = [g.get_state() for g in gens]
+
+    @contextlib.contextmanager
+    def recompute():
+        now = [g.get_state() for g in gens]
+        for g, s in zip(gens, start):
+            g.set_state(s)
+        try:
+            yield
+        finally:
+            for g, s in zip(gens, now):
+                g.set_state(s)
+
+    return contextlib.nullcontext(), recompute()
 
 
 @dataclass
@@ -186,7 +210,10 @@ class Llama(nn.Module):
         checkpointing = (self.grad_checkpointing and self.training and ctx.state is None
                          and torch.is_grad_enabled())
         for block in self.layers:
-            h = checkpoint(block, h, ctx, use_reentrant=False) if checkpointing else block(h, ctx)
+            if checkpointing:
+                h = checkpoint(block, h, ctx, use_reentrant=False, context_fn=partial(replay_generators, block))
+            else:
+                h = block(h, ctx)
         return self.norm(h)
 
     def context(self, positions, key_mask, prompt_mask=None, state: State | None = None, decoding=False) -> Context:

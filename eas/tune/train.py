@@ -1,4 +1,4 @@
-"""Adapter-tuning utilities (eas_method.md §4.1): AdamW groups, LR schedule, precision, resumable state.
+"""Adapter-tuning utilities (eas_method.md §4.1): AdamW groups, LR schedule, precision, checkpoints.
 
 The recipe: AdamW(betas 0.9/0.95, weight decay 0.02 except biases and 1-D parameters), a
 per-iteration linear warm-up from 0 followed by a half-cycle cosine, gradient accumulation.
@@ -6,20 +6,18 @@ per-iteration linear warm-up from 0 followed by a half-cycle cosine, gradient ac
 from __future__ import annotations
 
 import contextlib
+import io
 import math
-import os
-import random
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from eas.io.checkpoint import CheckpointError
+from eas.errors import CheckpointError, EASError
+from eas.io.files import atomic_write
+from eas.distributed import active
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -37,7 +35,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.02,
                    betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
     groups = [g for g in param_groups(model, weight_decay) if g["params"]]
     if not groups:
-        raise ValueError("the model has no trainable parameters: call eas.eas_model.mark_trainable first")
+        raise ValueError("the model has no trainable parameters: call eas.adapters.attach.mark_trainable first")
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
@@ -59,29 +57,25 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def autocast_context(device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (fp16 where bf16 is unsupported, then pair it with a GradScaler);
-    plain fp32 on the CPU, where autocast would only slow the tiny test models down."""
-    device = torch.device(device)
-    if device.type != "cuda":
+def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Matrix products in the frozen base's dtype next to fp32 adapters; plain fp32 needs no autocast."""
+    if dtype == torch.float32:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, batches: Sequence,
-               step: int, schedule: Callable[[int], float] | None = None, *, max_grad_norm: float | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> float:
+               step: int, schedule: Callable[[int], float] | None = None) -> float:
     """One optimizer step over micro-batches (and over ranks, when distributed); returns the step's loss.
 
     loss_fn(model, batch) -> (summed loss, count), e.g. the summed token cross-entropy and the
-    number of supervised tokens. The step minimises sum(losses) / sum(counts) over every
-    micro-batch of every rank, so the gradient is exactly that of the concatenated global batch,
+    number of supervised tokens, in whatever precision loss_fn chooses (autocast_context). The step
+    minimises sum(losses) / sum(counts) over every micro-batch of every rank, so the gradient is exactly that of the concatenated global batch,
     whatever the micro-batch sizes or the number of processes. schedule(step) sets the learning
     rate of every group first. When distributed, a rank may bring no micro-batch (its whole shard
     was unreadable): it still joins the collectives and the others' gradient is applied.
     """
-    distributed = dist.is_available() and dist.is_initialized()
+    distributed = active()
     if not batches and not distributed:
         raise ValueError("train_step needs at least one micro-batch")
     if schedule is not None:
@@ -91,9 +85,8 @@ def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optim
     optimizer.zero_grad(set_to_none=True)
     totals = torch.zeros(2, device=device, dtype=torch.float64)  # summed loss, count
     for batch in batches:
-        with autocast_context(device):
-            loss_sum, count = loss_fn(model, batch)
-        (scaler.scale(loss_sum) if scaler is not None else loss_sum).backward()
+        loss_sum, count = loss_fn(model, batch)
+        loss_sum.backward()
         totals += torch.stack([loss_sum.detach().double(), torch.as_tensor(count, dtype=torch.float64,
                                                                             device=device)])
     if distributed:
@@ -107,15 +100,7 @@ def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optim
     for p in params:
         if p.grad is not None:
             p.grad /= count_total
-    if max_grad_norm is not None:
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    optimizer.step()
     return mean_loss
 
 
@@ -130,51 +115,13 @@ def _all_reduce_grads(params: list[nn.Parameter], totals: torch.Tensor) -> None:
     both = torch.cat([totals, used])
     dist.all_reduce(both)
     totals.copy_(both[:2])
-    active = [p for p, u in zip(params, both[2:].tolist()) if u > 0]
-    if not active:
+    reached = [p for p, u in zip(params, both[2:].tolist()) if u > 0]
+    if not reached:
         return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in active])
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in reached])
     dist.all_reduce(flat)
-    for p, g in zip(active, flat.split([p.numel() for p in active])):
+    for p, g in zip(reached, flat.split([p.numel() for p in reached])):
         p.grad = g.view_as(p).to(p.dtype)
-
-
-@dataclass
-class TrainState:
-    """Progress counters plus the global RNG states, so a resumed run draws the same numbers."""
-    step: int = 0
-    epoch: int = 0
-    rng: dict = field(default_factory=dict)
-
-    def capture(self) -> "TrainState":
-        np_state = np.random.get_state(legacy=False)
-        self.rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
-                    "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                              "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                              "gauss": float(np_state["gauss"])}}
-        if torch.cuda.is_available():
-            self.rng["cuda"] = torch.cuda.get_rng_state_all()
-        return self
-
-    def restore(self) -> "TrainState":
-        if not self.rng:
-            raise ValueError("TrainState has no RNG state to restore: call capture() before saving")
-        version, internal, gauss = self.rng["python"]
-        random.setstate((version, tuple(internal), gauss))  # a checkpoint may turn the tuple into a list
-        torch.set_rng_state(self.rng["torch"])
-        n = self.rng["numpy"]
-        np.random.set_state({"bit_generator": "MT19937",
-                             "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-                             "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
-        if "cuda" in self.rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(self.rng["cuda"])
-        return self
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "rng": self.rng}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.epoch, self.rng = int(state["step"]), int(state["epoch"]), state["rng"]
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -196,30 +143,36 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
             params[name].copy_(value)
 
 
-def save_checkpoint(path, **objects) -> Path:
-    """Write {name: obj.state_dict() or obj} atomically: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {name: obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def save_checkpoint(path, payload: dict, error: type[EASError] = CheckpointError) -> Path:
+    """Write {name: plain data or tensors} atomically: a crash or a full disk never leaves a
+    half-written file; a file-system failure raises `error` naming the path.
+
+    The payload (adapters and their optimizer state, small next to the base) is serialised in
+    memory first: torch's zip writer reports a full disk as an unrelated RuntimeError, a plain
+    file write as the OSError it is."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write(path, lambda f: f.write(buffer.getbuffer()), error)
 
 
-def load_checkpoint(path) -> dict:
-    """The saved {name: state}; tensors on the CPU. Only plain data is unpickled (weights_only)."""
+def load_checkpoint(path, required: tuple[str, ...] = ()) -> dict:
+    """The saved {name: state}, with at least the `required` names; tensors on the CPU. Only plain
+    data is unpickled (weights_only)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {e}") from e
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load reports corruption as several unrelated types
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {_first_line(e)}") from e
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(saved).__name__}, not a dict of named states")
+    missing = [k for k in required if k not in saved]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not written by this version of "
+                              f"`run.py tune`")
+    return saved
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
