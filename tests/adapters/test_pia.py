@@ -1,4 +1,4 @@
-"""PIA adapters against the straight-line reference written from the spec (test_llama.naive_logits)."""
+"""PIA adapters against the straight-line reference written from the spec (helpers.naive_logits)."""
 import pytest
 import torch
 

@@ -15,7 +15,7 @@ from eas.model.llama import Llama
 from eas.model.vit import VisionTransformer
 from helpers import openai_clip_state
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLIP_CFG = VisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=1, output_dim=24)
 
 

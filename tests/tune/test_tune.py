@@ -25,7 +25,7 @@ from eas.tune.config import TuneConfig
 from eas.tune.pipeline import tune
 from eas.tune.train import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER = ROOT / "weights" / "tiny" / "tokenizer.model"
 SMALL = dict(synthetic_per_class=4, setting="50", batch_size=8, val_batch=8, warmup_epochs=1, search_epochs=2,
              finetune_epochs=2, nas_every=1, eval_batch_size=32, skip=1)

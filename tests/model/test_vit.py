@@ -159,7 +159,7 @@ def test_unreadable_clip_file_names_it(tmp_path):
 def test_convert_cli_round_trip(tmp_path, gen):
     vit, state = fake_clip_state(gen)
     torch.save(state, tmp_path / "clip.pt")
-    script = Path(__file__).resolve().parents[1] / "weights" / "convert_clip.py"
+    script = Path(__file__).resolve().parents[2] / "weights" / "convert_clip.py"
     spec = importlib.util.spec_from_file_location("convert_clip", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

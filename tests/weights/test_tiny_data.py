@@ -17,7 +17,7 @@ from eas.data.aid import AID_PROMPT
 from weights import tiny_data as td
 from weights.train_tokenizer import RECIPE_PYTHON, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOKENIZER = REPO / "weights" / "tiny" / "tokenizer.model"
 N = 150
 # Drawn width over circumradius: shapes are inscribed in their circle (square sqrt 2, triangle
