@@ -15,7 +15,8 @@ from eas.model.image import preprocess
 from eas.model.lavin import build_batch
 from eas.model.tokenizer import Tokenizer
 from export.layout import build_layout
-from export.ort_runtime import OrtRuntime, preprocess as manifest_preprocess
+from export.ort_runtime import OrtRuntime
+from export.runtime import preprocess as manifest_preprocess
 from export_fixtures import exported
 
 PHOTOS = [Image.fromarray(load_sample_image(name)) for name in ("china.jpg", "flower.jpg")]
