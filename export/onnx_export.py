@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from eas.adapters.attach import llama_of
+from export.attention_symbolic import fp32_softmax_attention
 from export.graphs import DecodeGraph, EmbedGraph, PrefillGraph, StateLayout, VisionGraph, state_layout
 
 OPSET = 18
@@ -118,7 +119,7 @@ def export_graph(spec: GraphSpec, path: Path, vocab: int) -> None:
     args = tuple(example_inputs(spec, EXAMPLE_DIMS, vocab, gen))
     axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs + spec.outputs}
     buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), fp32_softmax_attention(OPSET):
         # the TorchScript exporter announces its own deprecation and traces shape arithmetic
         warnings.simplefilter("ignore")
         torch.onnx.export(spec.module.eval(), args, buffer, input_names=[t.name for t in spec.inputs],

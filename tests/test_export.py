@@ -151,3 +151,42 @@ def test_the_script_prints_no_traceback(bad_inputs, tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "export" / "to_trt.py"), str(bad_inputs["random_bytes"]),
                           "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+
+
+def float_types(proto):
+    """{tensor name: onnx elem type} after shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    return {v.name: v.type.tensor_type.elem_type for v in values} | {t.name: t.data_type for t in inferred.graph.initializer}
+
+
+@pytest.mark.parametrize("kind,mode", [("lavin", "dynamic"), ("text", "static")])
+def test_fp16_graphs_keep_norms_and_softmax_in_fp32_and_match_within_1e_2(kind, mode, tmp_path):
+    merged = exported(kind, mode).parent / "merged.pt"
+    manifest = pipeline.export_model(merged, tmp_path / "fp16", dtype="fp16", onnx_only=True, log=lambda line: None)
+    for graph, errors in manifest["verification"].items():
+        assert max(errors.values()) <= 1e-2, (graph, errors)
+    assert 1e-5 < max(manifest["verification"]["prefill"].values())  # it really ran in fp16
+    fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    for name, graph in manifest["graphs"].items():
+        assert {t["dtype"] for t in graph["inputs"] + graph["outputs"]} <= {"float16", "int64", "bool"}
+        proto = onnx.load(str(tmp_path / "fp16" / graph["file"]))
+        types = float_types(proto)
+        out_type = {op: {types[n.output[0]] for n in proto.graph.node if n.op_type == op}
+                    for op in ("MatMul", "Softmax", "ReduceMean", "LayerNormalization")}
+        assert out_type["Softmax"] <= {fp32} and out_type["ReduceMean"] <= {fp32}  # attention/router, RMSNorm
+        assert out_type["LayerNormalization"] <= {fp32} and out_type["MatMul"] <= {fp16}
+        if name in ("prefill", "decode"):
+            assert out_type["Softmax"] and out_type["ReduceMean"] and out_type["MatMul"]
+    # and against the fp32 model, not only its fp16 cast: last-position logits of a prompt
+    model = load_merged(merged)
+    tokens = torch.randint(1, 400, (2, 9), generator=torch.Generator().manual_seed(0))
+    embeds = model.llama.tok_embeddings(tokens) if kind == "lavin" else model.tok_embeddings(tokens)
+    llama = model.llama if kind == "lavin" else model
+    positions, mask = torch.arange(9).expand(2, 9), torch.ones(2, 9, dtype=torch.bool)
+    with torch.no_grad():
+        ref, _ = llama.prefill(embeds, positions, mask, llama.new_state(2, 9))
+    session = ort.InferenceSession(str(tmp_path / "fp16" / "prefill.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"embeds": embeds.detach().half().numpy(), "positions": positions.numpy(),
+                                      "key_mask": mask.numpy(), "prompt_mask": mask.numpy()})[0]
+    assert rel_err(torch.from_numpy(logits.astype(np.float32)), ref) < 1e-2
