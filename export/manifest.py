@@ -67,7 +67,7 @@ def build_manifest(model, specs: list[GraphSpec], layout: StateLayout, tok: Toke
                   "rule": "prefill returns present K/V and the adapter tensors; each decode step takes the "
                           "previous present K/V as past and the adapter tensors unchanged, and key_mask "
                           "grows by one visible (true) slot per step"},
-        "graphs": {s.name: {"file": s.file, "inputs": [t.to_json() for t in s.inputs],
+        "graphs": {s.name: {"file": s.file, "data_file": s.data_file, "inputs": [t.to_json() for t in s.inputs],
                             "outputs": [t.to_json() for t in s.outputs]} for s in specs},
         "profiles": profiles(max_batch, max_seq),
         "engines": {},

@@ -13,7 +13,7 @@ and gives the same numbers in ONNX Runtime; every export is verified against PyT
 """
 from __future__ import annotations
 
-import io
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,9 @@ ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "flo
 # Sizes of the example inputs traced at export: distinct and >= 2, so no dynamic dim is mistaken
 # for a constant or for another dim.
 EXAMPLE_DIMS = {"batch": 2, "images": 2, "seq": 5, "past": 7}
+DIM_NAMES = (*EXAMPLE_DIMS, "past+1")
+# Weights above this go to one external file next to the graph (a protobuf holds at most 2 GiB).
+EXTERNAL_DATA_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class GraphSpec:
     module: nn.Module
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    data_file: str | None = None  # external weights, set by export_graph for large graphs
 
     @property
     def file(self) -> str:
@@ -114,20 +118,30 @@ def example_inputs(spec: GraphSpec, dims: dict[str, int], vocab: int, gen: torch
 
 
 def export_graph(spec: GraphSpec, path: Path, vocab: int) -> None:
-    """Trace spec.module on example inputs and write the ONNX file; its I/O must match the spec."""
+    """Trace spec.module on example inputs and write path (and path.data for large weights); the
+    file's I/O must match the spec."""
     gen = torch.Generator().manual_seed(0)
     args = tuple(example_inputs(spec, EXAMPLE_DIMS, vocab, gen))
     axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs + spec.outputs}
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings(), fp32_softmax_attention(OPSET):
-        # the TorchScript exporter announces its own deprecation and traces shape arithmetic
-        warnings.simplefilter("ignore")
-        torch.onnx.export(spec.module.eval(), args, buffer, input_names=[t.name for t in spec.inputs],
-                          output_names=[t.name for t in spec.outputs], dynamic_axes=axes,
-                          opset_version=OPSET, dynamo=False)
-    proto = onnx.load_from_string(buffer.getvalue())
+    # The exporter writes a model over 2 GiB as one file per tensor beside the graph, named after
+    # the tensor, so each graph is staged alone and saved again as graph + one data file.
+    staging = path.parent / f".{path.name}.staging"
+    staging.mkdir()
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), fp32_softmax_attention(OPSET):
+            # the TorchScript exporter announces its own deprecation and traces shape arithmetic
+            warnings.simplefilter("ignore")
+            torch.onnx.export(spec.module.eval(), args, str(staging / path.name),
+                              input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        proto = onnx.load(str(staging / path.name))
+    finally:
+        shutil.rmtree(staging)
     check_io(proto, spec)
-    onnx.save(proto, str(path))
+    weights = sum(len(t.raw_data) for t in proto.graph.initializer)
+    spec.data_file = f"{path.name}.data" if weights > EXTERNAL_DATA_BYTES else None
+    onnx.save(proto, str(path), save_as_external_data=spec.data_file is not None, all_tensors_to_one_file=True,
+              location=spec.data_file)
 
 
 def check_io(proto: onnx.ModelProto, spec: GraphSpec) -> None:
@@ -144,7 +158,7 @@ def check_io(proto: onnx.ModelProto, spec: GraphSpec) -> None:
             if dtype != t.dtype or len(dims) != len(t.shape):
                 raise AssertionError(f"{spec.file}: {kind} {v.name} is {dtype}{len(dims)}-d, declared {t.dtype} {t.shape}")
             for d, want in zip(dims, t.shape):
-                if d.dim_param and d.dim_param not in EXAMPLE_DIMS and d.dim_param != "past+1":
+                if d.dim_param and d.dim_param not in DIM_NAMES:
                     d.Clear()
                     setattr(d, "dim_param" if isinstance(want, str) else "dim_value", want)
                 elif (d.dim_param or d.dim_value) != want:

@@ -6,6 +6,7 @@ when complete, so a failure never leaves a partial export behind.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -15,8 +16,7 @@ from pathlib import Path
 import torch
 
 from eas.adapters.attach import llama_of
-from eas.errors import EASError, TokenizerError, UsageError
-from eas.io.files import write_text_atomic
+from eas.errors import TokenizerError, UsageError
 from eas.io.merged import load_merged
 from eas.model import tokenizer as tokenizer_module
 from export.manifest import FORMAT, TOKENIZER_FILE, build_manifest
@@ -81,8 +81,14 @@ def export_model(merged: Path, out: Path, dtype: str = "fp32", max_batch: int = 
     tok = load_tokenizer(model, merged)
     trt = None if onnx_only else tensorrt_module()
     check_destination(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    except OSError as e:
+        raise UsageError(f"cannot create the export folder in {out.parent}: {e.strerror or e}") from e
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # mkdtemp's 0700 would become the export's permissions
     try:
         specs, layout = graph_specs(model)
         for spec in specs:
@@ -97,7 +103,7 @@ def export_model(merged: Path, out: Path, dtype: str = "fp32", max_batch: int = 
         if trt is not None:
             manifest["engines"] = build_engines(trt, work, manifest)
             log(f"built TensorRT engines with {manifest['engines']['builder']}")
-        write_text_atomic(work / "manifest.json", json.dumps(manifest, indent=1) + "\n", EASError)
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         replace_folder(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -190,3 +190,19 @@ def test_fp16_graphs_keep_norms_and_softmax_in_fp32_and_match_within_1e_2(kind, 
     logits = session.run(["logits"], {"embeds": embeds.detach().half().numpy(), "positions": positions.numpy(),
                                       "key_mask": mask.numpy(), "prompt_mask": mask.numpy()})[0]
     assert rel_err(torch.from_numpy(logits.astype(np.float32)), ref) < 1e-2
+
+
+def test_large_weights_go_to_one_data_file_per_graph(tmp_path, monkeypatch):
+    """What a >1 GiB model (LaVIN-7B) gets, forced on a small one: graph + one .data file, verified."""
+    from export import onnx_export
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
+    merged = exported("text", "dynamic").parent / "merged.pt"
+    manifest = pipeline.export_model(merged, tmp_path / "out", onnx_only=True, log=lambda line: None)
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == sorted(["manifest.json", "tokenizer.model", *(f"{g}.onnx{ext}" for g in ("embed", "prefill", "decode")
+                                                                   for ext in ("", ".data"))])
+    for name, graph in manifest["graphs"].items():
+        assert graph["data_file"] == f"{name}.onnx.data"
+        size = {f: (tmp_path / "out" / graph[f]).stat().st_size for f in ("file", "data_file")}
+        assert size["data_file"] > 3 * size["file"]  # the weights left the graph file
+    assert max(max(e.values()) for e in manifest["verification"].values()) <= 1e-4
