@@ -139,15 +139,21 @@ class Lavin(nn.Module):
         """[N, 3, S, S] -> [N, n_visual_tokens, llama.dim]."""
         return self.adapter_proj(self.visual(pixels, self.cfg.tap_blocks))
 
+    def embed_text(self, tokens: torch.Tensor, modality_slot: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
+        """Embeddings [B, T, C] of everything but the image slots: token embeddings, and the
+        modality embedding at the modality slot. Its own method so that it exports as a graph
+        (the image tokens come from the vision graph and are copied into their slots)."""
+        h = self.llama.tok_embeddings(tokens)
+        modality = self.adapter_modality_embedding(has_image.long()).to(h.dtype)
+        return torch.where(modality_slot[..., None], modality[:, None], h)
+
     def embed(self, batch: LavinBatch, pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Input embeddings [B, T, C]: modality embedding, token embeddings and image tokens.
 
         pixels: [B, 3, S, S] or None when no example has an image. Rows of text-only examples are
         ignored and never run through the ViT.
         """
-        h = self.llama.tok_embeddings(batch.tokens)
-        modality = self.adapter_modality_embedding(batch.has_image.long()).to(h.dtype)
-        h = torch.where(batch.modality_slot[..., None], modality[:, None], h)
+        h = self.embed_text(batch.tokens, batch.modality_slot, batch.has_image)
         if pixels is None:
             if batch.has_image.any():
                 raise ValueError("the batch has image examples but no pixels were given")
