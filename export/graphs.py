@@ -1,0 +1,127 @@
+"""The exported graphs as modules around the model's own code (one code path with PyTorch).
+
+    embed    tokens [B, T] (+ modality_slot [B, T], has_image [B])  -> embeds [B, T, C]
+    vision   pixels [N, 3, S, S]                                     -> image_embeds [N, K, C]
+    prefill  embeds, positions, key_mask, prompt_mask [B, T]         -> logits [B, V],
+             present.k.i / present.v.i [B, T, H, D] (kept layers), adapter tensors [B, n]
+    decode   token, position [B], key_mask [B, P], past.k.i / past.v.i [B, P, H, D],
+             adapter tensors                                         -> logits, present K/V [B, P+1, H, D]
+
+K/V travel as past (inputs) and present (outputs) instead of a preallocated buffer written in
+place: the exporter drops in-place updates of inputs, and growing tensors map directly onto ONNX
+Runtime bindings and TensorRT optimization profiles. The decode graph builds the model's state
+(eas/model/state.py) from past tensors plus one empty slot and calls Llama.decode_step, which
+writes that slot; the prefill graph calls Llama.prefill on a state of exactly T slots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from eas.adapters.attach import llama_of
+from eas.model.llama import Llama
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Which state tensors cross the prefill -> decode boundary, in graph order."""
+    kv_layers: tuple[int, ...]
+    adapter_names: tuple[str, ...]
+    adapter_sizes: tuple[int, ...]  # each adapter tensor is [B, size]
+
+    def past(self) -> list[str]:
+        return [f"past.{kv}.{i}" for i in self.kv_layers for kv in ("k", "v")]
+
+    def present(self) -> list[str]:
+        return [f"present.{kv}.{i}" for i in self.kv_layers for kv in ("k", "v")]
+
+
+@torch.no_grad()
+def state_layout(llama: Llama) -> StateLayout:
+    """Run a 1x2 prefill to learn which per-example adapter tensors the model keeps in its state."""
+    state = llama.new_state(1, 2)
+    embeds = torch.zeros(1, 2, llama.cfg.dim, dtype=llama.tok_embeddings.weight.dtype)
+    positions = torch.arange(2)[None]
+    llama.prefill(embeds, positions, torch.ones(1, 2, dtype=torch.bool), state)
+    kv = {f"{kv}.{i}" for i in llama.cfg.attention_layers for kv in ("k", "v")}
+    adapters = tuple(n for n in state if n not in kv and n not in ("key_mask", "length"))
+    return StateLayout(llama.cfg.attention_layers, adapters, tuple(state[n].shape[1] for n in adapters))
+
+
+class EmbedGraph(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.lavin = model is not llama_of(model)
+
+    def input_names(self) -> list[str]:
+        return ["tokens", "modality_slot", "has_image"] if self.lavin else ["tokens"]
+
+    def output_names(self) -> list[str]:
+        return ["embeds"]
+
+    def forward(self, tokens, modality_slot=None, has_image=None):
+        if self.lavin:
+            return self.model.embed_text(tokens, modality_slot, has_image)
+        return self.model.tok_embeddings(tokens)
+
+
+class VisionGraph(nn.Module):
+    def __init__(self, lavin: nn.Module):
+        super().__init__()
+        self.lavin = lavin
+
+    def input_names(self) -> list[str]:
+        return ["pixels"]
+
+    def output_names(self) -> list[str]:
+        return ["image_embeds"]
+
+    def forward(self, pixels):
+        return self.lavin.image_tokens(pixels).to(self.lavin.llama.tok_embeddings.weight.dtype)
+
+
+class PrefillGraph(nn.Module):
+    def __init__(self, llama: Llama, layout: StateLayout):
+        super().__init__()
+        self.llama, self.layout = llama, layout
+
+    def input_names(self) -> list[str]:
+        return ["embeds", "positions", "key_mask", "prompt_mask"]
+
+    def output_names(self) -> list[str]:
+        return ["logits", *self.layout.present(), *self.layout.adapter_names]
+
+    def forward(self, embeds, positions, key_mask, prompt_mask):
+        state = self.llama.new_state(embeds.shape[0], embeds.shape[1])
+        logits, state = self.llama.prefill(embeds, positions, key_mask, state, prompt_mask)
+        kv = [state[f"{kv}.{i}"] for i in self.layout.kv_layers for kv in ("k", "v")]
+        return (logits, *kv, *(state[n] for n in self.layout.adapter_names))
+
+
+class DecodeGraph(nn.Module):
+    def __init__(self, llama: Llama, layout: StateLayout):
+        super().__init__()
+        self.llama, self.layout = llama, layout
+
+    def input_names(self) -> list[str]:
+        return ["token", "position", "key_mask", *self.layout.past(), *self.layout.adapter_names]
+
+    def output_names(self) -> list[str]:
+        return ["logits", *self.layout.present()]
+
+    def forward(self, token, position, key_mask, *rest):
+        n_kv = 2 * len(self.layout.kv_layers)
+        past, adapters = rest[:n_kv], rest[n_kv:]
+        B, P = key_mask.shape
+        state = {"key_mask": torch.cat([key_mask, key_mask.new_zeros(B, 1)], 1),
+                 # the slot this step writes: P, read off a shape so it stays symbolic in the graph
+                 "length": torch.ones_like(key_mask[0], dtype=torch.long).sum()}
+        names = [f"{kv}.{i}" for i in self.layout.kv_layers for kv in ("k", "v")]
+        for name, t in zip(names, past):
+            state[name] = torch.cat([t, t.new_zeros(B, 1, *t.shape[2:])], 1)
+        state.update(zip(self.layout.adapter_names, adapters))
+        logits, state = self.llama.decode_step(token, position, state)
+        return (logits, *(state[n] for n in names))

@@ -1,0 +1,80 @@
+"""manifest.json: everything a runtime (Python or C++) needs to drive the exported graphs.
+
+Written from the same specs the graphs were checked against (export/onnx_export.py), so names,
+shapes and dtypes are those of the files. Paths are relative to the manifest's folder.
+"""
+from __future__ import annotations
+
+from eas.adapters.attach import llama_of
+from eas.model.image import IMAGENET_MEAN, IMAGENET_STD
+from eas.model.lavin import IMAGE_PREFIX, NO_IMAGE_PREFIX
+from eas.model.tokenizer import Tokenizer
+from export.graphs import StateLayout
+from export.onnx_export import GraphSpec
+
+FORMAT, VERSION = "eas-export", 1
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def profiles(max_batch: int, max_seq: int) -> dict[str, list[int]]:
+    """[min, opt, max] of every dynamic dim; every min is 1 (TensorRT rejects empty dims).
+    opt (what TensorRT tunes for): one example, half the context."""
+    half = max(1, max_seq // 2)
+    return {"batch": [1, 1, max_batch], "images": [1, 1, max_batch], "seq": [1, half, max_seq],
+            "past": [1, half, max_seq - 1], "past+1": [2, half + 1, max_seq]}
+
+
+def sequence_section(model, tok: Tokenizer) -> dict:
+    common = {"bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "slot_id": 0}
+    if model is llama_of(model):
+        return {"kind": "text", **common,
+                "layout": "[pad.. | BOS | prompt]; positions count from 0 at BOS; key_mask = prompt_mask = "
+                          "non-pad slots"}
+    return {"kind": "lavin", **common,
+            "layout": "[pad.. | modality | BOS | prefix | image slots (image only) | prompt]; positions count "
+                      "from 0 at the modality slot (0 on pads); key_mask = non-pad slots except the modality "
+                      "slot; prompt_mask = non-pad slots; tokens = slot_id at modality and image slots",
+            "prefix_text": {"image": IMAGE_PREFIX, "text": NO_IMAGE_PREFIX},
+            "prefix_ids": {"image": tok.encode(IMAGE_PREFIX, bos=False, eos=False),
+                           "text": tok.encode(NO_IMAGE_PREFIX, bos=False, eos=False)},
+            "prompt_encoding": "tokenizer.encode(prompt) without BOS/EOS, encoded on its own (not with the prefix)",
+            "n_image_tokens": model.cfg.n_visual_tokens,
+            "modality_ids": {"text": 0, "image": 1}}
+
+
+def image_section(model) -> dict | None:
+    if model is llama_of(model):
+        return None
+    return {"size": model.cfg.vision.image_size, "layout": "NCHW, RGB",
+            "resize": "PIL bicubic (antialiased) to size x size, also when already square",
+            "scale": 1 / 255, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "formula": "(pixel / 255 - mean[c]) / std[c]"}
+
+
+def build_manifest(model, specs: list[GraphSpec], layout: StateLayout, tok: Tokenizer, dtype: str,
+                   max_batch: int, max_seq: int, source: str) -> dict:
+    cfg = llama_of(model).cfg
+    return {
+        "format": FORMAT, "version": VERSION, "source": source, "dtype": dtype,
+        "model": {"kind": type(model.cfg).__name__, "n_layers": cfg.n_layers, "dim": cfg.dim,
+                  "vocab_size": cfg.vocab_size, "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+                  "max_positions": 2 * cfg.max_seq_len},
+        "merge": {"mode": model.merge_info["mode"], "unit": model.merge_info["unit"],
+                  "no_attention": list(cfg.no_attention), "no_ffn": list(cfg.no_ffn),
+                  "kv_layers": list(layout.kv_layers)},
+        "state": {"kv": {"past": layout.past(), "present": layout.present()},
+                  "adapters": list(layout.adapter_names),
+                  "rule": "prefill returns present K/V and the adapter tensors; each decode step takes the "
+                          "previous present K/V as past and the adapter tensors unchanged, and key_mask "
+                          "grows by one visible (true) slot per step"},
+        "graphs": {s.name: {"file": s.file, "inputs": [t.to_json() for t in s.inputs],
+                            "outputs": [t.to_json() for t in s.outputs]} for s in specs},
+        "profiles": profiles(max_batch, max_seq),
+        "engines": {},
+        "tokenizer": {"file": TOKENIZER_FILE, "kind": "sentencepiece", "vocab_size": tok.vocab_size,
+                      "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id},
+        "sequence": sequence_section(model, tok),
+        "image": image_section(model),
+        "generation": "greedy: argmax of logits; an example stops at eos_id (not emitted); finished examples "
+                      "keep decoding so the batch stays in lock-step; position = last prompt position + 1 + step",
+    }

@@ -1,0 +1,100 @@
+"""The generation loop over an export folder, shared by the ONNX Runtime and TensorRT backends.
+
+It reads nothing but the folder, in the order a C++ runtime would: the manifest's layout
+(export/layout.py), the tokenizer file, image preprocessing from the manifest's numbers, then
+embed -> vision (image tokens copied into their slots) -> prefill -> decode steps with past/present
+K/V and the adapter tensors passed through unchanged. A backend only runs one graph on numpy
+arrays (`run`).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from eas.errors import CheckpointError, UsageError
+from eas.io.files import read_json
+from eas.model.tokenizer import Tokenizer
+from export.layout import build_layout
+from export.manifest import FORMAT, VERSION
+
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def load_manifest(folder: Path) -> dict:
+    manifest = read_json(folder / "manifest.json", "export manifest")
+    if not isinstance(manifest, dict) or (manifest.get("format"), manifest.get("version")) != (FORMAT, VERSION):
+        raise CheckpointError(f"{folder / 'manifest.json'} is not a {FORMAT} version {VERSION} manifest")
+    return manifest
+
+
+def preprocess(image: Image.Image, spec: dict) -> np.ndarray:
+    """PIL image -> [3, S, S] as the manifest's "image" section says."""
+    rgb = image.convert("RGB").resize((spec["size"], spec["size"]), Image.BICUBIC)
+    x = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) * np.float32(spec["scale"])
+    mean, std = (np.asarray(spec[k], dtype=np.float32)[:, None, None] for k in ("mean", "std"))
+    return (x - mean) / std
+
+
+class Runtime(ABC):
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.manifest = load_manifest(self.folder)
+        self.tokenizer = Tokenizer(self.folder / self.manifest["tokenizer"]["file"])
+        self.float = NUMPY_DTYPES[self.manifest["graphs"]["embed"]["outputs"][0]["dtype"]]
+
+    def generate(self, prompts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int) -> list[list[int]]:
+        """Greedy new tokens per prompt (without the EOS that ended it); images[i] None = text only."""
+        ids = [self.tokenizer.encode(p, bos=False, eos=False) for p in prompts]
+        layout = build_layout(self.manifest["sequence"], ids, [im is not None for im in images])
+        pixels = [preprocess(im, self.manifest["image"]) for im in images if im is not None]
+        return self.generate_layout(layout, np.stack(pixels) if pixels else None, max_new_tokens)
+
+    def check_limits(self, batch: int, slots: int) -> None:
+        profiles = self.manifest["profiles"]
+        if batch > profiles["batch"][2]:
+            raise UsageError(f"batch of {batch} exceeds the export's --max-batch {profiles['batch'][2]}")
+        if slots > profiles["seq"][2]:
+            raise UsageError(f"prompt and answer need {slots} slots, more than the export's --max-seq "
+                             f"{profiles['seq'][2]}")
+
+    @abstractmethod
+    def run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph's outputs, in manifest order."""
+
+    def generate_layout(self, layout: dict[str, np.ndarray], pixels: np.ndarray | None, max_new_tokens: int
+                        ) -> list[list[int]]:
+        """The greedy loop of eas.model.generate.generate over the graphs."""
+        B, T = layout["tokens"].shape
+        self.check_limits(B, T + max_new_tokens)
+        out: list[list[int]] = [[] for _ in range(B)]
+        if max_new_tokens == 0:
+            return out
+        embed_inputs = [t["name"] for t in self.manifest["graphs"]["embed"]["inputs"]]
+        embeds = self.run("embed", {n: layout[n] for n in embed_inputs})[0]
+        if pixels is not None:
+            images = self.run("vision", {"pixels": pixels.astype(self.float)})[0]
+            embeds[layout["image_slots"]] = images.reshape(-1, images.shape[-1])
+        logits, *state = self.run("prefill", {"embeds": embeds, **{n: layout[n] for n in
+                                                                   ("positions", "key_mask", "prompt_mask")}})
+        kv = self.manifest["state"]["kv"]
+        past, adapters = state[:len(kv["past"])], dict(zip(self.manifest["state"]["adapters"], state[len(kv["past"]):]))
+        key_mask, first = layout["key_mask"], layout["positions"][:, -1] + 1
+        done = [False] * B
+        for step in range(max_new_tokens):
+            token = logits.argmax(-1)
+            for b, t in enumerate(token.tolist()):
+                if not done[b]:
+                    done[b] = t == self.manifest["tokenizer"]["eos_id"]
+                    if not done[b]:
+                        out[b].append(t)
+            if all(done) or step == max_new_tokens - 1:
+                break
+            feed = {"token": token.astype(np.int64), "position": first + step, "key_mask": key_mask,
+                    **dict(zip(kv["past"], past)), **adapters}
+            logits, *past = self.run("decode", feed)
+            key_mask = np.concatenate([key_mask, np.ones((B, 1), dtype=bool)], 1)
+        return out
