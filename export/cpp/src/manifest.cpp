@@ -149,7 +149,6 @@ Manifest load_manifest(const std::string& folder) {
         throw InputError(m.path + " is not an " + std::string(kFormat) + " version " + std::to_string(kVersion) + " manifest");
     const Reader r(root, m.path);
 
-    m.dtype = r.get<std::string>("dtype", "a string");
     const json& graphs = r.at("graphs");
     if (!graphs.is_object()) r.fail("graphs", "is not an object");
     for (const auto& [name, _] : graphs.items()) {

@@ -46,7 +46,6 @@ struct ImageSpec {
 
 struct Manifest {
     std::string folder, path;
-    std::string dtype;
     std::map<std::string, GraphSpec> graphs;
     std::vector<std::string> past, present;  // present[i] becomes past[i] for the next step
     std::vector<std::string> adapters;        // prefill outputs passed unchanged to every decode step

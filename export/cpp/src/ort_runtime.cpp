@@ -74,8 +74,6 @@ public:
         return out;
     }
 
-    std::string describe() const override { return std::string("onnxruntime ") + Ort::GetVersionString() + " CPU"; }
-
 private:
     Graph open(const Manifest& manifest, const std::string& name, const GraphSpec& spec) {
         const std::string path = manifest.file_path(spec.file);

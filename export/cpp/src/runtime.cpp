@@ -4,14 +4,6 @@
 
 namespace eas {
 
-bool tensorrt_built() {
-#ifdef EAS_WITH_TENSORRT
-    return true;
-#else
-    return false;
-#endif
-}
-
 std::unique_ptr<Runtime> make_runtime(const std::string& backend, const Manifest& manifest) {
     if (backend == "ort") return make_ort_runtime(manifest);
     if (backend == "trt") {

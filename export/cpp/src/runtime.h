@@ -18,13 +18,11 @@ class Runtime {
 public:
     virtual ~Runtime() = default;
     virtual Tensors run(const std::string& graph, const Tensors& inputs) = 0;
-    virtual std::string describe() const = 0;  // what actually runs, e.g. "onnxruntime 1.32.0 CPU"
 };
 
 // backend "ort" or "trt"; "trt" in a build without TensorRT is an InputError that says so
 std::unique_ptr<Runtime> make_runtime(const std::string& backend, const Manifest& manifest);
 
-bool tensorrt_built();
 std::unique_ptr<Runtime> make_ort_runtime(const Manifest& manifest);
 std::unique_ptr<Runtime> make_trt_runtime(const Manifest& manifest);  // defined only with TensorRT
 

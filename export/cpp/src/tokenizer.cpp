@@ -31,6 +31,4 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
     return text;
 }
 
-int Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
-
 }  // namespace eas

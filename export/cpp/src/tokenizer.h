@@ -18,7 +18,6 @@ public:
     ~Tokenizer();
     std::vector<int64_t> encode(const std::string& text) const;
     std::string decode(const std::vector<int64_t>& ids) const;
-    int vocab_size() const;
 
 private:
     std::string path_;

@@ -122,8 +122,6 @@ public:
         return out;
     }
 
-    std::string describe() const override { return EAS_TENSORRT_FLAVOR " engines on the GPU"; }
-
 private:
     Engine open(const Manifest& manifest, const std::string& name, const GraphSpec& spec) {
         auto it = manifest.engines.find(name);
