@@ -1,0 +1,122 @@
+#include "generate.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "errors.h"
+
+namespace eas {
+namespace {
+
+// The inputs of `graph` in the manifest's order, taken by name from `available`.
+Tensors feed(const Manifest& manifest, const std::string& graph, Tensors& available) {
+    Tensors out;
+    for (const TensorSpec& spec : manifest.graph(graph).inputs) {
+        auto it = available.find(spec.name);
+        if (it == available.end())
+            throw InputError(manifest.path + ": graph " + graph + " has an input " + spec.name + " the app cannot supply");
+        if (it->second.dtype != spec.dtype)
+            throw InputError(manifest.path + ": graph " + graph + " input " + spec.name + " is declared " +
+                             dtype_name(spec.dtype) + ", the app has " + dtype_name(it->second.dtype));
+        out[spec.name] = std::move(it->second);
+        available.erase(it);
+    }
+    return out;
+}
+
+Tensor take(Tensors& outputs, const std::string& graph, const std::string& name) {
+    auto it = outputs.find(name);
+    if (it == outputs.end()) throw RuntimeFailure("graph " + graph + " returned no " + name);
+    return std::move(it->second);
+}
+
+int64_t argmax(const Tensor& logits) {  // the first of equal maxima, as numpy's argmax
+    int64_t best = 0;
+    float best_value = logits.get_float(0);
+    for (size_t i = 1; i < logits.numel(); ++i) {
+        const float v = logits.get_float(i);
+        if (v > best_value) {
+            best_value = v;
+            best = static_cast<int64_t>(i);
+        }
+    }
+    return best;
+}
+
+void check_limits(const Manifest& manifest, int64_t slots) {
+    const int64_t most = manifest.profiles.at("seq")[2];
+    if (slots > most)
+        throw InputError("prompt and answer need " + std::to_string(slots) + " slots, more than the export's --max-seq " +
+                         std::to_string(most));
+}
+
+// embeds [1, T, C] with the vision graph's image tokens in the layout's image slots
+Tensor embed(Runtime& runtime, const Manifest& manifest, const Layout& layout,
+             const std::optional<std::vector<float>>& pixels) {
+    const int64_t T = layout.length();
+    Tensors available{{"tokens", int64_tensor(layout.tokens, {1, T})},
+                      {"modality_slot", bool_tensor(layout.modality_slot, {1, T})},
+                      {"has_image", bool_tensor({layout.has_image}, {1})}};
+    Tensors embed_out = runtime.run("embed", feed(manifest, "embed", available));
+    Tensor embeds = take(embed_out, "embed", "embeds");
+    if (!layout.has_image) return embeds;
+
+    const TensorSpec& pixel_spec = manifest.graph("vision").inputs.at(0);
+    const int64_t S = manifest.image->size;
+    Tensors vision_in{{pixel_spec.name, float_tensor(*pixels, {1, 3, S, S}, pixel_spec.dtype)}};
+    Tensors vision_out = runtime.run("vision", vision_in);
+    const Tensor image = take(vision_out, "vision", manifest.graph("vision").outputs.at(0).name);
+    const size_t row = embeds.bytes.size() / static_cast<size_t>(T);
+    const int64_t n_slots = static_cast<int64_t>(std::count(layout.image_slots.begin(), layout.image_slots.end(), true));
+    if (image.dtype != embeds.dtype || image.bytes.size() != row * static_cast<size_t>(n_slots))
+        throw InputError(manifest.path + ": the vision graph returned " + image.shape_string() + " " +
+                         dtype_name(image.dtype) + ", not " + std::to_string(n_slots) + " image tokens like embeds " +
+                         embeds.shape_string() + " " + dtype_name(embeds.dtype));
+    size_t k = 0;
+    for (int64_t t = 0; t < T; ++t)
+        if (layout.image_slots[t]) std::memcpy(embeds.bytes.data() + t * row, image.bytes.data() + (k++) * row, row);
+    return embeds;
+}
+
+}  // namespace
+
+std::vector<int64_t> generate(Runtime& runtime, const Manifest& manifest, const Layout& layout,
+                              const std::optional<std::vector<float>>& pixels, int max_new_tokens) {
+    const int64_t T = layout.length();
+    check_limits(manifest, T + max_new_tokens);
+    if (layout.has_image != pixels.has_value()) throw RuntimeFailure("layout and pixels disagree about the image");
+    std::vector<int64_t> out;
+    if (max_new_tokens <= 0) return out;
+
+    Tensors available{{"embeds", embed(runtime, manifest, layout, pixels)},
+                      {"positions", int64_tensor(layout.positions, {1, T})},
+                      {"key_mask", bool_tensor(layout.key_mask, {1, T})},
+                      {"prompt_mask", bool_tensor(layout.prompt_mask, {1, T})}};
+    Tensors result = runtime.run("prefill", feed(manifest, "prefill", available));
+
+    Tensors past, adapters;  // by decode input name
+    for (size_t i = 0; i < manifest.past.size(); ++i) past[manifest.past[i]] = take(result, "prefill", manifest.present[i]);
+    for (const std::string& name : manifest.adapters) adapters[name] = take(result, "prefill", name);
+    Tensor logits = take(result, "prefill", "logits");
+
+    std::vector<bool> key_mask = layout.key_mask;
+    const int64_t first_position = layout.positions.back() + 1;
+    for (int step = 0; step < max_new_tokens; ++step) {
+        const int64_t token = argmax(logits);
+        if (token == manifest.eos_id) break;
+        out.push_back(token);
+        if (step == max_new_tokens - 1) break;
+        Tensors step_in = adapters;  // small ([1, n] each) and the same for every step
+        for (auto& [name, kv] : past) step_in[name] = std::move(kv);
+        step_in["token"] = int64_tensor({token}, {1});
+        step_in["position"] = int64_tensor({first_position + step}, {1});
+        step_in["key_mask"] = bool_tensor(key_mask, {1, static_cast<int64_t>(key_mask.size())});
+        result = runtime.run("decode", feed(manifest, "decode", step_in));
+        for (size_t i = 0; i < manifest.past.size(); ++i) past[manifest.past[i]] = take(result, "decode", manifest.present[i]);
+        logits = take(result, "decode", "logits");
+        key_mask.push_back(true);
+    }
+    return out;
+}
+
+}  // namespace eas

@@ -1,0 +1,26 @@
+#include "runtime.h"
+
+#include "errors.h"
+
+namespace eas {
+
+std::unique_ptr<Runtime> make_runtime(const std::string& backend, const Manifest& manifest) {
+    if (backend == "ort") return make_ort_runtime(manifest);
+    if (backend == "trt") {
+#ifdef EAS_WITH_TENSORRT
+        return make_trt_runtime(manifest);
+#else
+        throw InputError("--backend trt: this eas_generate was built without TensorRT (CMake found no TensorRT SDK "
+                         "and CUDA; set TENSORRT_ROOT and rebuild, see export/cpp/README.md)");
+#endif
+    }
+    throw InputError("--backend " + backend + ": expected ort or trt");
+}
+
+std::string names_of(const std::vector<TensorSpec>& specs) {
+    std::string out = "[";
+    for (size_t i = 0; i < specs.size(); ++i) out += (i ? ", " : "") + specs[i].name;
+    return out + "]";
+}
+
+}  // namespace eas
