@@ -20,7 +20,7 @@ from export_fixtures import SKIP, exported, make_merged, make_tokenizer
 from helpers import rel_err
 
 CASES = [("lavin", "static"), ("lavin", "dynamic"), ("text", "static"), ("text", "dynamic")]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("kind,mode", CASES)

@@ -23,7 +23,7 @@ from export.ort_runtime import OrtRuntime
 from export.pipeline import export_model
 from export_fixtures import exported
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "export" / "cpp" / "build"
 CHINA = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
 COFFEE = Path(skimage.data.__file__).parent / "coffee.png"
