@@ -49,9 +49,11 @@ def load_merged(path, device="cpu", dtype: torch.dtype | None = None):
     """merged.pt -> a plain Llama or Lavin with the skipped units absent (in `dtype`, default as stored)."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # unpickling garbage raises anything from UnpicklingError to EOFError
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read merged checkpoint {path}: {reason}") from e
+    except OSError as e:
+        raise CheckpointError(f"cannot read merged checkpoint {path}: {e.strerror or e}") from e
+    except Exception as e:  # unpickling garbage raises anything from UnpicklingError to IndexError
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint file ({detail})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an EAS merged checkpoint (no format={FORMAT!r})")
     if ckpt.get("version") != VERSION:

@@ -125,7 +125,7 @@ def bad_inputs(tmp_path_factory):
     ("old_version", [], "is merged.pt version 2; this code reads version 3"),
     ("other_kind", [], "unknown model kind 'ResNetConfig'"),
     ("unmerged", [], "is not an EAS merged checkpoint"),
-    ("random_bytes", [], "cannot read merged checkpoint"),
+    ("random_bytes", [], "is not a PyTorch checkpoint file"),
     ("no_tokenizer", [], "nowhere/tokenizer.model does not exist"),
     ("good", ["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
     ("good", ["--max-seq", "0"], "--max-seq must be at least 2"),
