@@ -19,6 +19,7 @@ from eas.model.config import LavinConfig, LlamaConfig, VisionConfig
 from eas.model.lavin import Lavin
 from eas.model.llama import Llama
 from eas.model.tokenizer import Tokenizer, train_tokenizer
+from helpers import encode_prompts
 
 VOCAB = 400
 SKIP = (0, 2)
@@ -52,7 +53,7 @@ def make_merged(folder: Path, tok: Tokenizer, kind: str, mode: str, seed: int = 
             batch = model.build_batch(tok, [(p, None, img) for p, img in PROMPTS])
             calibrate_routes(model, [(batch, pixels(3, model.cfg.vision.image_size))], forward=lambda m, b: m(*b))
         else:
-            tokens, positions, mask = tok.encode_batch([p for p, _ in PROMPTS])
+            tokens, positions, mask = encode_prompts(tok, [p for p, _ in PROMPTS])
             calibrate_routes(model, [(model.tok_embeddings(tokens), positions, mask, mask)])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "merged.pt"

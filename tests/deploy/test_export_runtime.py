@@ -18,6 +18,7 @@ from export.layout import build_layout
 from export.ort_runtime import OrtRuntime
 from export.runtime import preprocess as manifest_preprocess
 from export_fixtures import exported
+from helpers import encode_prompts
 
 PHOTOS = [Image.fromarray(load_sample_image(name)) for name in ("china.jpg", "flower.jpg")]
 BATCH_1 = [("What is the label for this image?", 0)]
@@ -29,7 +30,7 @@ STEPS = 32
 @torch.no_grad()
 def pytorch_tokens(model, tok, prompts, images):
     if images is None:
-        tokens, positions, mask = tok.encode_batch(prompts)
+        tokens, positions, mask = encode_prompts(tok, prompts)
         return generate(model, model.tok_embeddings(tokens), positions, mask, STEPS, eos_id=tok.eos_id)
     batch = model.build_batch(tok, [(p, None, im is not None) for p, im in zip(prompts, images)])
     size = model.cfg.vision.image_size
@@ -64,12 +65,12 @@ def test_layout_from_the_manifest_equals_build_batch():
         np.testing.assert_array_equal(got[name], getattr(ref, name).numpy(), err_msg=name)
 
 
-def test_text_layout_from_the_manifest_equals_encode_batch():
+def test_text_layout_from_the_manifest_equals_left_padded_prompts():
     folder = exported("text", "static")
     manifest = json.loads((folder / "manifest.json").read_text())
     tok = Tokenizer(folder / "tokenizer.model")
     prompts = [p for p, _ in BATCH_3]
-    tokens, positions, mask = tok.encode_batch(prompts)
+    tokens, positions, mask = encode_prompts(tok, prompts)
     got = build_layout(manifest["sequence"], [tok.encode(p, bos=False, eos=False) for p in prompts], [False] * 3)
     for name, ref in (("tokens", tokens), ("positions", positions), ("key_mask", mask), ("prompt_mask", mask)):
         np.testing.assert_array_equal(got[name], ref.numpy(), err_msg=name)
