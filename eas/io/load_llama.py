@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from eas.errors import CheckpointError
+from eas.errors import CheckpointError, TokenizerError
 from eas.io.checkpoint import CONFIG_FILE, TOKENIZER_FILE, check_state, load_model, load_state_strict
 from eas.io.files import read_json
-from eas.model.config import LlamaConfig, load_config
+from eas.model.config import LlamaConfig, check_llama3_rope, load_config
 from eas.model.llama import Llama
 
 # Dimension along which Meta's model parallelism (fairscale) splits each weight: ParallelEmbedding
@@ -41,6 +41,7 @@ HF_NAMES = [(re.compile(pattern), meta) for pattern, meta in [
 ]]
 HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # some exports store HF's RoPE table
 HF_INDEX, HF_SINGLE = "model.safetensors.index.json", "model.safetensors"
+HF_TOKENIZER = "tokenizer.json"
 
 
 def _read_object(path: Path) -> dict:
@@ -92,9 +93,19 @@ def load_llama(path: str | Path, dtype: torch.dtype = torch.float32,
             raise CheckpointError(f"{path}: holds a {type(cfg).__name__} model, not a LLaMA; "
                                   f"use eas.io.checkpoint.load_model")
         model = load_model(path, dtype, device)
+    return model, find_tokenizer(path, fmt)
+
+
+def find_tokenizer(path: Path, fmt: str) -> Path | None:
+    """The SentencePiece tokenizer.model of a checkpoint folder, None when there is none; a folder
+    whose only tokenizer is a Hugging Face tokenizer.json (Llama-3 and later) is refused by name."""
     # Meta's release keeps one tokenizer.model beside the 7B/, 13B/ ... folders.
     candidates = [path / TOKENIZER_FILE] + ([path.parent / TOKENIZER_FILE] if fmt == "meta" else [])
-    return model, next((c for c in candidates if c.is_file()), None)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None and (path / HF_TOKENIZER).is_file():
+        raise TokenizerError(f"{path} has only {HF_TOKENIZER}, not a SentencePiece {TOKENIZER_FILE}: "
+                             f"only SentencePiece tokenizers (LLaMA-1/2, Vicuna) are supported")
+    return found
 
 
 def _fill(cfg: LlamaConfig, shapes: dict, tensors, source: str, dtype: torch.dtype) -> Llama:
@@ -196,11 +207,29 @@ def load_meta(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
 
 # ---- Hugging Face -------------------------------------------------------------------------------
 
+def hf_rope(data: dict, source: Path) -> dict:
+    """rope_theta and rope_scaling from a Hugging Face config: top-level keys (older exports) or
+    ``rope_parameters`` (newer ones); Llama-3 scaling is implemented, any other RoPE type refused."""
+    params = {**(data.get("rope_scaling") or {}), **(data.get("rope_parameters") or {})}
+    thetas = {t for t in (data.get("rope_theta"), params.pop("rope_theta", None)) if t is not None}
+    if len(thetas) > 1:
+        raise CheckpointError(f"{source}: rope_theta differs between the top level and rope_parameters: {sorted(thetas)}")
+    kind = params.pop("rope_type", params.pop("type", "default"))
+    theta = float(thetas.pop()) if thetas else 10000.0
+    if kind == "default" and not params:
+        return {"rope_theta": theta, "rope_scaling": None}
+    scaling = {"rope_type": kind, **params}
+    try:
+        check_llama3_rope(scaling)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: unsupported RoPE ({e}); plain RoPE and Llama-3 scaling are implemented") from e
+    return {"rope_theta": theta, "rope_scaling": scaling}
+
+
 def hf_config(data: dict, source: Path) -> LlamaConfig:
     """LlamaConfig from a Hugging Face config.json (HF's defaults for absent optional keys)."""
     unsupported = {"model_type": data.get("model_type", "llama") != "llama",
                    "hidden_act": data.get("hidden_act", "silu") != "silu",
-                   "rope_scaling": data.get("rope_scaling") is not None,
                    "attention_bias": bool(data.get("attention_bias")),
                    "mlp_bias": bool(data.get("mlp_bias"))}
     bad = [f"{k}={data[k]!r}" for k, is_bad in unsupported.items() if is_bad]
@@ -214,7 +243,7 @@ def hf_config(data: dict, source: Path) -> LlamaConfig:
         return LlamaConfig(dim=data["hidden_size"], n_layers=data["num_hidden_layers"],
                            n_heads=data["num_attention_heads"], n_kv_heads=data.get("num_key_value_heads"),
                            vocab_size=data["vocab_size"], hidden_dim=data["intermediate_size"],
-                           norm_eps=data.get("rms_norm_eps", 1e-6), rope_theta=data.get("rope_theta", 10000.0),
+                           norm_eps=data.get("rms_norm_eps", 1e-6), **hf_rope(data, source),
                            max_seq_len=data.get("max_position_embeddings", 2048))
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from e

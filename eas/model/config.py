@@ -23,6 +23,8 @@ class LlamaConfig:
     hidden_dim: int | None = None  # SwiGLU width; derived Meta-style when None
     norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    # Llama-3 frequency scaling, {"rope_type": "llama3", **LLAMA3_ROPE_KEYS}; None: plain RoPE.
+    rope_scaling: dict | None = None
     max_seq_len: int = 2048
     # Layers whose attention / FFN is physically absent (a merged EAS model, or a deleted unit).
     no_attention: tuple[int, ...] = ()
@@ -48,6 +50,8 @@ class LlamaConfig:
             bad = [i for i in getattr(self, name) if not 0 <= i < self.n_layers]
             if bad:
                 raise ValueError(f"{name} {bad} outside 0..{self.n_layers - 1}")
+        if self.rope_scaling is not None:
+            check_llama3_rope(self.rope_scaling)
 
     @property
     def head_dim(self) -> int:
@@ -63,6 +67,20 @@ class LlamaConfig:
         if name not in LLAMA_SIZES:
             raise KeyError(f"unknown LLaMA size {name!r}; known: {sorted(LLAMA_SIZES)}")
         return cls(**{**LLAMA_SIZES[name], **overrides})
+
+
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def check_llama3_rope(scaling: dict) -> None:
+    """The one RoPE scaling implemented (eas.model.llama.llama3_frequencies); anything else is refused."""
+    if scaling.get("rope_type") != "llama3" or set(scaling) != {"rope_type", *LLAMA3_ROPE_KEYS}:
+        raise ValueError(f"rope_scaling {scaling!r}: only Llama-3's is supported, with exactly the keys "
+                         f"rope_type='llama3', {', '.join(LLAMA3_ROPE_KEYS)}")
+    if not all(isinstance(scaling[k], (int, float)) for k in LLAMA3_ROPE_KEYS):
+        raise ValueError(f"rope_scaling {scaling!r}: {', '.join(LLAMA3_ROPE_KEYS)} must be numbers")
+    if not 0 < scaling["low_freq_factor"] < scaling["high_freq_factor"] or scaling["factor"] <= 0:
+        raise ValueError(f"rope_scaling {scaling!r}: need factor > 0 and 0 < low_freq_factor < high_freq_factor")
 
 
 LLAMA_SIZES: dict[str, dict] = {
