@@ -1,4 +1,4 @@
-"""Load LLaMA weights as released: Meta's model-parallel shards, Hugging Face safetensors, or ours.
+"""Load LLaMA weights as released: Meta's model-parallel shards, Hugging Face folders (safetensors or .bin), or ours.
 
 Every path builds the model on the meta device, checks names and shapes against it from file
 headers alone, then fills it one parameter at a time, converted to the target dtype and device as
@@ -11,11 +11,11 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from eas.errors import CheckpointError, TokenizerError
 from eas.io.checkpoint import CONFIG_FILE, TOKENIZER_FILE, check_state, load_model, load_state_strict
 from eas.io.files import read_json
+from eas.io.hf_files import WeightFiles
 from eas.model.config import LlamaConfig, check_llama3_rope, load_config
 from eas.model.llama import Llama
 
@@ -40,7 +40,6 @@ HF_NAMES = [(re.compile(pattern), meta) for pattern, meta in [
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"layers.\1.ffn_norm.weight"),
 ]]
 HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # some exports store HF's RoPE table
-HF_INDEX, HF_SINGLE = "model.safetensors.index.json", "model.safetensors"
 HF_TOKENIZER = "tokenizer.json"
 
 
@@ -49,15 +48,6 @@ def _read_object(path: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
-
-
-def _header_keys(path: Path) -> list[str]:
-    """Tensor names from a safetensors header; a corrupt file is a CheckpointError naming it."""
-    try:
-        with safe_open(path, framework="pt") as f:
-            return list(f.keys())
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
 
 
 def detect_format(path: str | Path) -> str:
@@ -264,59 +254,29 @@ def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def _hf_files(path: Path) -> dict[Path, list[str]]:
-    """Safetensors file -> the tensor names it must hold."""
-    if (path / HF_INDEX).is_file():
-        weight_map = _read_object(path / HF_INDEX).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{path / HF_INDEX}: no 'weight_map' object")
-        files: dict[Path, list[str]] = {}
-        for name, file in weight_map.items():
-            files.setdefault(path / file, []).append(name)
-        absent = [str(f) for f in files if not f.is_file()]
-        if absent:
-            raise CheckpointError(f"{path / HF_INDEX}: lists shard files that do not exist: {absent}")
-        return files
-    if (path / HF_SINGLE).is_file():
-        return {path / HF_SINGLE: _header_keys(path / HF_SINGLE)}
-    found = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pth"))
-    raise CheckpointError(f"{path}: no {HF_SINGLE} or {HF_INDEX} (only safetensors are supported; "
-                          f"found {found or 'no weight files'})")
-
-
 def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llama:
-    """Hugging Face LLaMA folder: config.json + model.safetensors or index-linked shards."""
+    """Hugging Face LLaMA folder: config.json + one weight file or index-linked shards (eas.io.hf_files)."""
     path = Path(path)
     data = _read_object(path / CONFIG_FILE)
     cfg = hf_config(data, path / CONFIG_FILE)
-    files = _hf_files(path)
-    shapes = {}
-    for file, names in files.items():
-        absent = set(names) - set(_header_keys(file))
-        if absent:
-            raise CheckpointError(f"{file}: lacks tensors its index assigns to it: {sorted(absent)}")
-        with safe_open(file, framework="pt") as f:
-            for name in names:
-                if not HF_IGNORED.fullmatch(name):
-                    shapes[hf_to_meta_name(name)] = tuple(f.get_slice(name).get_shape())
+    files = WeightFiles(path)
+    shapes = {hf_to_meta_name(n): shape for n, shape in files.shapes.items() if not HF_IGNORED.fullmatch(n)}
     tied = "output.weight" not in shapes and data.get("tie_word_embeddings", False)
     if tied and "tok_embeddings.weight" in shapes:
         shapes["output.weight"] = shapes["tok_embeddings.weight"]
     rotary_heads = {".attention.wq.weight": cfg.n_heads, ".attention.wk.weight": cfg.n_kv_heads}
 
     def tensors():
-        for file, names in files.items():
-            with safe_open(file, framework="pt") as f:
-                for name in names:
-                    if HF_IGNORED.fullmatch(name):
-                        continue
-                    key, w = hf_to_meta_name(name), f.get_tensor(name)
-                    heads = next((h for suffix, h in rotary_heads.items() if key.endswith(suffix)), None)
-                    if heads is not None:
-                        w = unpermute_rotary(w, heads)
-                    w = w.to(device=device, dtype=dtype)
-                    if tied and key == "tok_embeddings.weight":
-                        yield "output.weight", w.clone()  # own storage: the model keeps them untied
-                    yield key, w
+        for name, w in files.tensors():
+            if HF_IGNORED.fullmatch(name):
+                continue
+            key = hf_to_meta_name(name)
+            heads = next((h for suffix, h in rotary_heads.items() if key.endswith(suffix)), None)
+            if heads is not None:
+                w = unpermute_rotary(w, heads)
+            w = w.to(device=device, dtype=dtype)
+            if tied and key == "tok_embeddings.weight":
+                yield "output.weight", w.clone()  # own storage: the model keeps them untied
+            yield key, w
 
     return _fill(cfg, shapes, tensors(), str(path), dtype)

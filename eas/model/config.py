@@ -102,7 +102,7 @@ class VisionConfig:
     width: int = 1024
     layers: int = 24
     heads: int = 16
-    output_dim: int = 768  # CLIP joint-embedding projection (unused by LaVIN, kept for loading)
+    output_dim: int = 768  # CLIP joint-embedding projection (unused by LaVIN, kept for loading); 0: none
     mlp_ratio: float = 4.0
 
     def __post_init__(self):
