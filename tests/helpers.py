@@ -107,6 +107,33 @@ def naive_logits(model, tokens: torch.Tensor, prompt: torch.Tensor | None = None
     return norm(x, model.norm.weight) @ model.output.weight.T
 # ---- checkpoints written the way each release does ---------------------------------------------
 
+HF_LAYER_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
+                  "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
+                  "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
+                  "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
+                  "ffn_norm": "post_attention_layernorm"}
+
+
+def hf_tensors(model, prefix: str = "model.", head: str = "lm_head.weight") -> dict[str, torch.Tensor]:
+    """HF names, q/k rows permuted as HF's convert_llama_weights_to_hf.py does; `prefix` and `head`
+    place them as LLaVA's layouts nest them."""
+    c = model.cfg
+
+    def permute(w, heads):
+        return w.view(heads, c.head_dim // 2, 2, c.dim).transpose(1, 2).reshape(w.shape)
+
+    out = {f"{prefix}embed_tokens.weight": model.tok_embeddings.weight, f"{prefix}norm.weight": model.norm.weight,
+           head: model.output.weight}
+    rotary_heads = {"attention.wq": c.n_heads, "attention.wk": c.n_kv_heads}
+    for i, blk in enumerate(model.layers):
+        for ours, theirs in HF_LAYER_NAMES.items():
+            w = blk.get_parameter(ours + ".weight")
+            w = permute(w, rotary_heads[ours]) if ours in rotary_heads else w
+            out[f"{prefix}layers.{i}.{theirs}.weight"] = w
+        out[f"{prefix}layers.{i}.self_attn.rotary_emb.inv_freq"] = torch.rand(c.head_dim // 2)
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
 # fairscale layout of Meta's release: embedding width, column-parallel rows, row-parallel columns.
 MP_DIM = {"tok_embeddings": 1, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w3": 0, "w2": 1, "output": 0}
 

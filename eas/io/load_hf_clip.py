@@ -25,7 +25,8 @@ from eas.model.vit import VisionTransformer
 TOWER = "vision_model."
 PROJECTION = "visual_projection.weight"  # CLIPModel's image projection, [output_dim, width]
 # CLIPModel's text half and bookkeeping: dropped by name, anything else unknown is an error.
-DROPPED = re.compile(r"(text_model\..*|text_projection\.weight|logit_scale|vision_model\.embeddings\.position_ids)")
+DROPPED = re.compile(r"text_model\..*|text_projection\.weight|logit_scale")
+POSITION_IDS = "embeddings.position_ids"  # a saved arange buffer of older exports: nothing to load
 RENAMES = [(re.compile(p), r) for p, r in [
     (r"embeddings\.class_embedding", "class_embedding"),
     (r"embeddings\.patch_embedding\.weight", "conv1.weight"),
@@ -60,6 +61,8 @@ def tower_plan(shapes: dict[str, tuple[int, ...]], prefix: str, source: str) -> 
     for full in shapes:
         if full == prefix + PROJECTION:
             plan["proj"] = ([full], True)
+            continue
+        if full == prefix + TOWER + POSITION_IDS:
             continue
         ours, part = _our_name(full[len(prefix + TOWER):]) if full.startswith(prefix + TOWER) else (None, None)
         if part is not None:

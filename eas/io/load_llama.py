@@ -257,20 +257,26 @@ def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llama:
     """Hugging Face LLaMA folder: config.json + one weight file or index-linked shards (eas.io.hf_files)."""
     path = Path(path)
-    data = _read_object(path / CONFIG_FILE)
-    cfg = hf_config(data, path / CONFIG_FILE)
     files = WeightFiles(path)
-    shapes = {hf_to_meta_name(n): shape for n, shape in files.shapes.items() if not HF_IGNORED.fullmatch(n)}
+    return llama_from_hf(files, {n: n for n in files.shapes}, _read_object(path / CONFIG_FILE), str(path),
+                         dtype, device)
+
+
+def llama_from_hf(files: WeightFiles, names: dict[str, str], data: dict, source: str,
+                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llama:
+    """A LLaMA from Hugging Face tensors; names maps each HF LLaMA name (``model.layers.0...``) to
+    the checkpoint's own (LLaVA checkpoints nest them), data is the HF LLaMA config."""
+    cfg = hf_config(data, Path(source) / CONFIG_FILE)
+    kept = {hf: ckpt for hf, ckpt in names.items() if not HF_IGNORED.fullmatch(hf)}
+    shapes = {hf_to_meta_name(hf): files.shapes[ckpt] for hf, ckpt in kept.items()}
     tied = "output.weight" not in shapes and data.get("tie_word_embeddings", False)
     if tied and "tok_embeddings.weight" in shapes:
         shapes["output.weight"] = shapes["tok_embeddings.weight"]
     rotary_heads = {".attention.wq.weight": cfg.n_heads, ".attention.wk.weight": cfg.n_kv_heads}
 
     def tensors():
-        for name, w in files.tensors():
-            if HF_IGNORED.fullmatch(name):
-                continue
-            key = hf_to_meta_name(name)
+        for hf, ckpt in kept.items():
+            key, w = hf_to_meta_name(hf), files.get(ckpt)
             heads = next((h for suffix, h in rotary_heads.items() if key.endswith(suffix)), None)
             if heads is not None:
                 w = unpermute_rotary(w, heads)
@@ -279,4 +285,4 @@ def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: str | 
                 yield "output.weight", w.clone()  # own storage: the model keeps them untied
             yield key, w
 
-    return _fill(cfg, shapes, tensors(), str(path), dtype)
+    return _fill(cfg, shapes, tensors(), source, dtype)
