@@ -6,6 +6,7 @@ LaVIN-style must see the same statistics at inference.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,11 @@ def llava_preprocess(image: Image.Image, size: int, mean, std) -> torch.Tensor:
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """Read and preprocess one image file; unreadable or corrupt files raise ImageError naming it."""
     return preprocess(open_image(path), size)
+
+
+def pixel_loader(cfg) -> Callable[[str | Path], torch.Tensor]:
+    """The image-file -> pixels function a model config was trained with (LLaVA's or LaVIN's)."""
+    size = cfg.vision.image_size
+    if hasattr(cfg, "image_mean"):  # LlavaConfig
+        return lambda path: llava_preprocess(open_image(path), size, cfg.image_mean, cfg.image_std)
+    return lambda path: load_image(path, size)

@@ -49,6 +49,12 @@ def user_message(question: str, has_image: bool) -> str:
     return f"{IMAGE}\n{question}" if has_image else question
 
 
+def llava_question(prompt: str) -> str:
+    """A task prompt written LaVIN-style ("Question: {q}\\nResponse:", eas/data) as the user's
+    message of a LLaVA conversation; for AID this is exactly LLaVA-EAS's question."""
+    return prompt.removeprefix("Question: ").removesuffix("Response:").strip()
+
+
 class Projector(nn.Module):
     """mlp2x_gelu: Linear(ViT width -> LLM width) -> GELU -> Linear; llava-hf's names."""
 
@@ -56,6 +62,13 @@ class Projector(nn.Module):
         super().__init__()
         self.linear_1 = nn.Linear(in_features, out_features)
         self.linear_2 = nn.Linear(out_features, out_features)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Xavier weights, zero biases (how LLaVA starts its projector before pretraining it)."""
+        for linear in (self.linear_1, self.linear_2):
+            nn.init.xavier_uniform_(linear.weight, generator=generator)
+            nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Trained in fp32 next to a ViT that may run in half precision.
@@ -111,16 +124,17 @@ class Llava(nn.Module):
     def init_weights(self, generator: torch.Generator | None = None) -> "Llava":
         self.llama.init_weights(generator)
         self.vision_tower.init_weights(generator)
-        for linear in (self.adapter_projector.linear_1, self.adapter_projector.linear_2):
-            nn.init.xavier_uniform_(linear.weight, generator=generator)
-            nn.init.zeros_(linear.bias)
+        self.adapter_projector.reset_parameters(generator)
         return self
 
     def build_batch(self, tokenizer: Tokenizer, examples: Sequence[tuple[str, str | None, bool]]) -> LavinBatch:
+        """(task prompt, answer or None, has_image) -> batch; the prompts the tasks write for LaVIN
+        (eas/data) become LLaVA questions, so both wirings tune on the same task records."""
         if tokenizer.vocab_size > self.cfg.llama.vocab_size:
             raise ValueError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces, the model only "
                              f"{self.cfg.llama.vocab_size} embeddings")
-        return build_llava_batch(tokenizer, examples, self.cfg.n_image_tokens, self.cfg.llama.max_seq_len)
+        questions = [(llava_question(prompt), answer, has_image) for prompt, answer, has_image in examples]
+        return build_llava_batch(tokenizer, questions, self.cfg.n_image_tokens, self.cfg.llama.max_seq_len)
 
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """[N, 3, S, S] -> [N, grid², llama.dim]: patch features of the chosen layer, CLS dropped."""
