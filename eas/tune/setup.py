@@ -58,7 +58,7 @@ def load_base(cfg: TuneConfig, device: torch.device, dtype: torch.dtype):
     projector that tune trains, as LLaVA-EAS trains mm_projector."""
     model, tok_path, source = _read_base(cfg, device, dtype)
     if cfg.arch == "llava" and isinstance(model, Lavin):
-        model = llava_form(model.llama, model.visual, device, cfg.seed)
+        model = llava_form(model.llama, model.visual, device)
     elif cfg.arch == "lavin" and isinstance(model, Llava):
         raise UsageError(f"--arch lavin, but {source} is a LLaVA model (its projector reads patch tokens, "
                          f"not LaVIN's CLS taps); drop --arch or pass --arch llava")
@@ -73,7 +73,7 @@ def _read_base(cfg: TuneConfig, device: torch.device, dtype: torch.dtype):
     """-> (model, tokenizer path or None, what it was read from)."""
     if cfg.llama:
         assemble = assemble_llava if cfg.arch == "llava" else assemble_lavin
-        return (*assemble(cfg.llama, cfg.clip, dtype=dtype, device=device, seed=cfg.seed), cfg.llama)
+        return (*assemble(cfg.llama, cfg.clip, dtype=dtype, device=device), cfg.llama)
     base = Path(cfg.base)
     if base.is_dir() and llava_layout(base) is not None:
         model, tok_path = load_llava(base, cfg.clip, dtype, device)

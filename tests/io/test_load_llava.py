@@ -56,11 +56,10 @@ def write_hf(model, folder, shards, fmt, newer=False):
         projector(model, {"linear_1": f"{top}multi_modal_projector.linear_1",
                           "linear_2": f"{top}multi_modal_projector.linear_2"})
     save_hf_weights(tensors, folder, shards, fmt)
-    partial_text = {"model_type": "llama", **{k: v for k, v in text_config(model.cfg.llama).items()}}
     (folder / "config.json").write_text(json.dumps({
         "model_type": "llava", "image_token_index": 100, "vision_feature_layer": -2,
         "vision_feature_select_strategy": "default", "projector_hidden_act": "gelu",
-        "text_config": partial_text, "vision_config": hf_clip_config(model.cfg.vision)}))
+        "text_config": text_config(model.cfg.llama), "vision_config": hf_clip_config(model.cfg.vision)}))
     return tensors, None
 
 
