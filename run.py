@@ -114,7 +114,11 @@ TUNE_HELP = {
     "setting": "AID train share: 20 or 50 (%%), as in the paper",
     "base": "own-format LaVIN folder (default: the tiny pretrained base in weights/tiny)",
     "llama": "Meta or Hugging Face LLaMA folder (with --clip, instead of --base)",
-    "clip": "OpenAI CLIP checkpoint or converted folder (with --llama)",
+    "clip": "CLIP tower: OpenAI file, Hugging Face or converted folder (with --llama, or an original LLaVA --base)",
+    "arch": "lavin (CLS taps, LaVIN-EAS) or llava (patch tokens + mlp2x_gelu, vicuna_v1; LLaVA-EAS); "
+            "default the base's own",
+    "adapter_dim": "PIA-A width r_a (default 8 for lavin, 128 for llava)",
+    "skip_dim": "PIA-S width r_s (default 32 for lavin, 128 for llava)",
     "out": "run folder: log.jsonl, state.pt, report.*, merged.pt (default runs/<task>)",
     "device": "cpu, cuda or cuda:N (default cuda:LOCAL_RANK when CUDA is available, else cpu)",
     "dtype": "the frozen base's dtype, float32 or bfloat16 (default bfloat16 on CUDA, float32 on CPU); "

@@ -109,6 +109,33 @@ def naive_logits(model, tokens: torch.Tensor, prompt: torch.Tensor | None = None
     return norm(x, model.norm.weight) @ model.output.weight.T
 # ---- checkpoints written the way each release does ---------------------------------------------
 
+HF_LAYER_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
+                  "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
+                  "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
+                  "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
+                  "ffn_norm": "post_attention_layernorm"}
+
+
+def hf_tensors(model, prefix: str = "model.", head: str = "lm_head.weight") -> dict[str, torch.Tensor]:
+    """HF names, q/k rows permuted as HF's convert_llama_weights_to_hf.py does; `prefix` and `head`
+    place them as LLaVA's layouts nest them."""
+    c = model.cfg
+
+    def permute(w, heads):
+        return w.view(heads, c.head_dim // 2, 2, c.dim).transpose(1, 2).reshape(w.shape)
+
+    out = {f"{prefix}embed_tokens.weight": model.tok_embeddings.weight, f"{prefix}norm.weight": model.norm.weight,
+           head: model.output.weight}
+    rotary_heads = {"attention.wq": c.n_heads, "attention.wk": c.n_kv_heads}
+    for i, blk in enumerate(model.layers):
+        for ours, theirs in HF_LAYER_NAMES.items():
+            w = blk.get_parameter(ours + ".weight")
+            w = permute(w, rotary_heads[ours]) if ours in rotary_heads else w
+            out[f"{prefix}layers.{i}.{theirs}.weight"] = w
+        out[f"{prefix}layers.{i}.self_attn.rotary_emb.inv_freq"] = torch.rand(c.head_dim // 2)
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
 # fairscale layout of Meta's release: embedding width, column-parallel rows, row-parallel columns.
 MP_DIM = {"tok_embeddings": 1, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w3": 0, "w2": 1, "output": 0}
 
@@ -141,3 +168,55 @@ def encode_prompts(tok, texts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     """Text-only prompts (BOS, no EOS) -> left-padded (tokens, positions, key_mask), as run.py's
     text-only generation builds them."""
     return left_pad([tok.encode(t, bos=True, eos=False) for t in texts], tok.pad_id)
+
+
+def save_hf_weights(tensors: dict[str, torch.Tensor], folder: Path, shards: int = 1, fmt: str = "safetensors") -> None:
+    """Write tensors as a Hugging Face folder does: model.safetensors / pytorch_model.bin, or
+    `shards` files named model-0000i-of-0000n.* with a weight_map index."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().clone().contiguous() for k, v in tensors.items()}
+
+    def write(part, path):
+        save_file(part, path) if fmt == "safetensors" else torch.save(part, path)
+
+    stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
+    if shards == 1:
+        write(tensors, folder / f"{stem}.{ext}")
+        return
+    names, weight_map = sorted(tensors), {}
+    for i in range(shards):
+        file = f"{stem}-{i + 1:05d}-of-{shards:05d}.{ext}"
+        write({n: tensors[n] for n in names[i::shards]}, folder / file)
+        weight_map.update(dict.fromkeys(names[i::shards], file))
+    (folder / f"{stem}.{ext}.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def hf_clip_tensors(vit: nn.Module, prefix: str = "", projection: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face CLIP vision tower holding `vit`, named and laid out as
+    transformers' CLIPVisionTransformer (separate q/k/v projections, visual_projection [out, width])."""
+    sd, t = vit.state_dict(), f"{prefix}vision_model."
+    out = {f"{t}embeddings.class_embedding": sd["class_embedding"],
+           f"{t}embeddings.patch_embedding.weight": sd["conv1.weight"],
+           f"{t}embeddings.position_embedding.weight": sd["positional_embedding"],
+           f"{t}embeddings.position_ids": torch.arange(sd["positional_embedding"].shape[0])[None],
+           **{f"{t}pre_layrnorm.{p}": sd[f"ln_pre.{p}"] for p in ("weight", "bias")},
+           **{f"{t}post_layernorm.{p}": sd[f"ln_post.{p}"] for p in ("weight", "bias")}}
+    for i in range(vit.cfg.layers):
+        ours, theirs = f"transformer.resblocks.{i}.", f"{t}encoder.layers.{i}."
+        for p in ("weight", "bias"):
+            for name, piece in zip("qkv", sd[f"{ours}attn.in_proj_{p}"].chunk(3)):
+                out[f"{theirs}self_attn.{name}_proj.{p}"] = piece
+            for a, b in [("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
+                         ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")]:
+                out[f"{theirs}{b}.{p}"] = sd[f"{ours}{a}.{p}"]
+    if projection:
+        out[f"{prefix}visual_projection.weight"] = sd["proj"].T
+    return out
+
+
+def hf_clip_config(cfg) -> dict:
+    return {"hidden_size": cfg.width, "intermediate_size": round(cfg.width * cfg.mlp_ratio), "image_size": cfg.image_size,
+            "patch_size": cfg.patch_size, "num_attention_heads": cfg.heads, "num_hidden_layers": cfg.layers,
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "model_type": "clip_vision_model"}

@@ -16,7 +16,7 @@ from torch import nn
 from eas.adapters.attach import eas_blocks, llama_of
 from eas.adapters.merged import MODES, RoutedViTBlock, merged_block
 from eas.adapters.pia import PIA
-from eas.io.checkpoint import load_state_strict
+from eas.io.checkpoint import MODEL_CLASSES, load_state_strict
 from eas.model.config import LlamaConfig
 from eas.model.llama import Llama
 
@@ -26,10 +26,9 @@ def merged_config(cfg: LlamaConfig, no_attention, no_ffn=()) -> LlamaConfig:
 
 
 def build_merged(cfg, info: dict):
-    """An empty (meta-device) merged model of the right shape: a Llama or a Lavin, merged layers in."""
-    from eas.model.lavin import Lavin  # the decoder-only path must not need the vision stack
+    """An empty (meta-device) merged model of the right shape (a Llama, Lavin or Llava), merged layers in."""
     with torch.device("meta"):
-        model = Lavin(cfg) if hasattr(cfg, "vision") else Llama(cfg)
+        model = MODEL_CLASSES[type(cfg)](cfg)
         llama = llama_of(model)
         for i in range(llama.cfg.n_layers):
             llama.layers[i] = merged_block(llama.cfg, i, info)
@@ -74,7 +73,7 @@ def _merged_state(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
 def merge(model: nn.Module, mode: str) -> nn.Module:
     """A new plain model (skipped units absent, no adapters) computing the same function.
 
-    Takes a Llama or a Lavin carrying adapters (eas.adapters.attach.add_adapters). A model without
+    Takes a Llama, Lavin or Llava carrying adapters (eas.adapters.attach.add_adapters). A model without
     adapters is returned as an identical copy, so merging is idempotent.
     """
     if mode not in MODES:

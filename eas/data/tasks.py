@@ -69,8 +69,11 @@ def _aid(data_root, cache_dir, setting, seed, image_size, per_class, val_fractio
                     synthetic=synthetic or scan.synthetic, source=str(root), warnings=list(scan.warnings))
 
 
-def load_pixels(examples: Sequence, image_size: int, skipped: list[str]) -> tuple[list, torch.Tensor | None]:
+def load_pixels(examples: Sequence, image_size: int, skipped: list[str],
+                load: Callable[[Path], torch.Tensor] | None = None) -> tuple[list, torch.Tensor | None]:
     """(examples whose image decodes, pixels [N, 3, S, S] or None when no example has an image).
+
+    load: one file -> pixels (eas.model.image.pixel_loader of the model); default LaVIN's.
 
     Text-only examples get a zero image (the model never runs it through the ViT). An unreadable
     file drops its example and is recorded in `skipped`, so one bad file does not stop a run.
@@ -82,7 +85,7 @@ def load_pixels(examples: Sequence, image_size: int, skipped: list[str]) -> tupl
             images.append(None)
             continue
         try:
-            images.append(load_image(e.image, image_size))
+            images.append(load(e.image) if load is not None else load_image(e.image, image_size))
         except ImageError as err:
             if str(err) not in skipped:
                 skipped.append(str(err))

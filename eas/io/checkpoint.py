@@ -18,9 +18,10 @@ from torch import nn
 
 from eas.errors import CheckpointError
 from eas.io.files import replacing
-from eas.model.config import LavinConfig, LlamaConfig, VisionConfig, load_config, save_config
+from eas.model.config import LavinConfig, LlamaConfig, LlavaConfig, VisionConfig, load_config, save_config
 from eas.model.lavin import Lavin
 from eas.model.llama import Llama
+from eas.model.llava import Llava
 from eas.model.vit import VisionTransformer
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
@@ -76,7 +77,7 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
 
 
 def save_model(model: nn.Module, out_dir: str | Path, tokenizer: str | Path | None = None) -> Path:
-    """Write ``model`` (a Llama, Lavin or VisionTransformer) in the own format.
+    """Write ``model`` (a Llama, Lavin, Llava or VisionTransformer) in the own format.
 
     Each file replaces its old version only once complete, the config last: an interrupted save
     never leaves a truncated file, and a failure is a CheckpointError naming the path.
@@ -99,7 +100,7 @@ def save_model(model: nn.Module, out_dir: str | Path, tokenizer: str | Path | No
     return out_dir
 
 
-MODEL_CLASSES = {LlamaConfig: Llama, LavinConfig: Lavin, VisionConfig: VisionTransformer}
+MODEL_CLASSES = {LlamaConfig: Llama, LavinConfig: Lavin, LlavaConfig: Llava, VisionConfig: VisionTransformer}
 
 
 _SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
@@ -150,7 +151,7 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None,
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{source}: not a readable safetensors file: {e}") from e
     load_state_strict(model, state, source, dtype, keep_dtype=dtype is None)
-    if isinstance(model, Lavin):
+    if isinstance(model, (Lavin, Llava)):
         model.llama.init_buffers()
     elif isinstance(model, Llama):
         model.init_buffers()

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from eas.errors import CheckpointError
 from eas.io.checkpoint import load_model, load_state_strict
+from eas.io.files import read_json
 from eas.model.config import VisionConfig
 from eas.model.vit import VisionTransformer
 
@@ -79,11 +80,13 @@ def visual_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torch
 
 
 # The tensors the ViT's shape is read from, with their number of dimensions.
-SHAPE_KEYS = {"conv1.weight": 4, "positional_embedding": 2, "proj": 2, "transformer.resblocks.0.mlp.c_fc.weight": 2}
+SHAPE_KEYS = {"conv1.weight": 4, "positional_embedding": 2, "transformer.resblocks.0.mlp.c_fc.weight": 2}
 
 
-def infer_config(shapes: dict[str, tuple[int, ...]], source: str) -> VisionConfig:
-    """VisionConfig from the visual tower's tensor shapes (keys without the ``visual.`` prefix)."""
+def infer_config(shapes: dict[str, tuple[int, ...]], source: str, heads: int | None = None) -> VisionConfig:
+    """VisionConfig from the visual tower's tensor shapes (keys without the ``visual.`` prefix);
+    heads: the head count when known (OpenAI's checkpoints leave it to the 64-wide rule).
+    No ``proj`` (a vision-only export) gives output_dim 0."""
     for key, ndim in SHAPE_KEYS.items():
         if key not in shapes:
             raise CheckpointError(f"{source}: missing key {VISUAL_PREFIX}{key} (needed to infer the ViT shape)")
@@ -96,12 +99,12 @@ def infer_config(shapes: dict[str, tuple[int, ...]], source: str) -> VisionConfi
     if grid == 0 or grid * grid + 1 != n_positions:
         raise CheckpointError(f"{source}: {VISUAL_PREFIX}positional_embedding has {n_positions} rows, not "
                               f"grid² + 1 for a square patch grid")
-    if width % HEAD_WIDTH:
+    if heads is None and width % HEAD_WIDTH:
         raise CheckpointError(f"{source}: width {width} is not a multiple of CLIP's {HEAD_WIDTH}-wide heads")
     layers = 1 + max(int(m.group(1)) for k in shapes if (m := RESBLOCK.match(k)))
     try:
         return VisionConfig(image_size=grid * patch, patch_size=patch, width=width, layers=layers,
-                            heads=width // HEAD_WIDTH, output_dim=shapes["proj"][1],
+                            heads=heads or width // HEAD_WIDTH, output_dim=shapes["proj"][1] if "proj" in shapes else 0,
                             mlp_ratio=shapes["transformer.resblocks.0.mlp.c_fc.weight"][0] / width)
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from e
@@ -117,11 +120,21 @@ def load_openai_clip(path: str | Path, dtype: torch.dtype = torch.float32,
     return load_state_strict(model, {k: t.to(device) for k, t in state.items()}, source, dtype)
 
 
+def _is_own_format(folder: Path) -> bool:
+    """Own-format folders mark their config.json with the model's "type"."""
+    config = folder / "config.json"
+    return config.is_file() and "type" in (read_json(config, "model config", CheckpointError) or {})
+
+
 def load_vision(path: str | Path, dtype: torch.dtype = torch.float32,
                 device: str | torch.device = "cpu") -> VisionTransformer:
-    """A converted folder (own format, weights/convert_clip.py) or an OpenAI CLIP file, whichever ``path`` is."""
+    """An OpenAI CLIP file, a Hugging Face CLIP folder, or a converted folder (own format,
+    weights/convert_clip.py), whichever ``path`` is."""
     if not Path(path).is_dir():
         return load_openai_clip(path, dtype, device)
+    if not _is_own_format(Path(path)):
+        from eas.io.load_hf_clip import load_hf_clip  # it builds on this module
+        return load_hf_clip(path, dtype, device)
     model = load_model(path, dtype, device)
     if not isinstance(model, VisionTransformer):
         raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a CLIP vision tower")

@@ -1,4 +1,4 @@
-"""Load LLaMA weights as released: Meta's model-parallel shards, Hugging Face safetensors, or ours.
+"""Load LLaMA weights as released: Meta's model-parallel shards, Hugging Face folders (safetensors or .bin), or ours.
 
 Every path builds the model on the meta device, checks names and shapes against it from file
 headers alone, then fills it one parameter at a time, converted to the target dtype and device as
@@ -11,12 +11,12 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
-from eas.errors import CheckpointError
+from eas.errors import CheckpointError, TokenizerError
 from eas.io.checkpoint import CONFIG_FILE, TOKENIZER_FILE, check_state, load_model, load_state_strict
 from eas.io.files import read_json
-from eas.model.config import LlamaConfig, load_config
+from eas.io.hf_files import WeightFiles
+from eas.model.config import LlamaConfig, check_llama3_rope, load_config
 from eas.model.llama import Llama
 
 # Dimension along which Meta's model parallelism (fairscale) splits each weight: ParallelEmbedding
@@ -40,7 +40,7 @@ HF_NAMES = [(re.compile(pattern), meta) for pattern, meta in [
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"layers.\1.ffn_norm.weight"),
 ]]
 HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # some exports store HF's RoPE table
-HF_INDEX, HF_SINGLE = "model.safetensors.index.json", "model.safetensors"
+HF_TOKENIZER = "tokenizer.json"
 
 
 def _read_object(path: Path) -> dict:
@@ -48,15 +48,6 @@ def _read_object(path: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
-
-
-def _header_keys(path: Path) -> list[str]:
-    """Tensor names from a safetensors header; a corrupt file is a CheckpointError naming it."""
-    try:
-        with safe_open(path, framework="pt") as f:
-            return list(f.keys())
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
 
 
 def detect_format(path: str | Path) -> str:
@@ -92,9 +83,19 @@ def load_llama(path: str | Path, dtype: torch.dtype = torch.float32,
             raise CheckpointError(f"{path}: holds a {type(cfg).__name__} model, not a LLaMA; "
                                   f"use eas.io.checkpoint.load_model")
         model = load_model(path, dtype, device)
+    return model, find_tokenizer(path, fmt)
+
+
+def find_tokenizer(path: Path, fmt: str) -> Path | None:
+    """The SentencePiece tokenizer.model of a checkpoint folder, None when there is none; a folder
+    whose only tokenizer is a Hugging Face tokenizer.json (Llama-3 and later) is refused by name."""
     # Meta's release keeps one tokenizer.model beside the 7B/, 13B/ ... folders.
     candidates = [path / TOKENIZER_FILE] + ([path.parent / TOKENIZER_FILE] if fmt == "meta" else [])
-    return model, next((c for c in candidates if c.is_file()), None)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None and (path / HF_TOKENIZER).is_file():
+        raise TokenizerError(f"{path} has only {HF_TOKENIZER}, not a SentencePiece {TOKENIZER_FILE}: "
+                             f"only SentencePiece tokenizers (LLaMA-1/2, Vicuna) are supported")
+    return found
 
 
 def _fill(cfg: LlamaConfig, shapes: dict, tensors, source: str, dtype: torch.dtype) -> Llama:
@@ -196,11 +197,29 @@ def load_meta(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
 
 # ---- Hugging Face -------------------------------------------------------------------------------
 
+def hf_rope(data: dict, source: Path) -> dict:
+    """rope_theta and rope_scaling from a Hugging Face config: top-level keys (older exports) or
+    ``rope_parameters`` (newer ones); Llama-3 scaling is implemented, any other RoPE type refused."""
+    params = {**(data.get("rope_scaling") or {}), **(data.get("rope_parameters") or {})}
+    thetas = {t for t in (data.get("rope_theta"), params.pop("rope_theta", None)) if t is not None}
+    if len(thetas) > 1:
+        raise CheckpointError(f"{source}: rope_theta differs between the top level and rope_parameters: {sorted(thetas)}")
+    kind = params.pop("rope_type", params.pop("type", "default"))
+    theta = float(thetas.pop()) if thetas else 10000.0
+    if kind == "default" and not params:
+        return {"rope_theta": theta, "rope_scaling": None}
+    scaling = {"rope_type": kind, **params}
+    try:
+        check_llama3_rope(scaling)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: unsupported RoPE ({e}); plain RoPE and Llama-3 scaling are implemented") from e
+    return {"rope_theta": theta, "rope_scaling": scaling}
+
+
 def hf_config(data: dict, source: Path) -> LlamaConfig:
     """LlamaConfig from a Hugging Face config.json (HF's defaults for absent optional keys)."""
     unsupported = {"model_type": data.get("model_type", "llama") != "llama",
                    "hidden_act": data.get("hidden_act", "silu") != "silu",
-                   "rope_scaling": data.get("rope_scaling") is not None,
                    "attention_bias": bool(data.get("attention_bias")),
                    "mlp_bias": bool(data.get("mlp_bias"))}
     bad = [f"{k}={data[k]!r}" for k, is_bad in unsupported.items() if is_bad]
@@ -214,7 +233,7 @@ def hf_config(data: dict, source: Path) -> LlamaConfig:
         return LlamaConfig(dim=data["hidden_size"], n_layers=data["num_hidden_layers"],
                            n_heads=data["num_attention_heads"], n_kv_heads=data.get("num_key_value_heads"),
                            vocab_size=data["vocab_size"], hidden_dim=data["intermediate_size"],
-                           norm_eps=data.get("rms_norm_eps", 1e-6), rope_theta=data.get("rope_theta", 10000.0),
+                           norm_eps=data.get("rms_norm_eps", 1e-6), **hf_rope(data, source),
                            max_seq_len=data.get("max_position_embeddings", 2048))
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from e
@@ -235,59 +254,35 @@ def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def _hf_files(path: Path) -> dict[Path, list[str]]:
-    """Safetensors file -> the tensor names it must hold."""
-    if (path / HF_INDEX).is_file():
-        weight_map = _read_object(path / HF_INDEX).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{path / HF_INDEX}: no 'weight_map' object")
-        files: dict[Path, list[str]] = {}
-        for name, file in weight_map.items():
-            files.setdefault(path / file, []).append(name)
-        absent = [str(f) for f in files if not f.is_file()]
-        if absent:
-            raise CheckpointError(f"{path / HF_INDEX}: lists shard files that do not exist: {absent}")
-        return files
-    if (path / HF_SINGLE).is_file():
-        return {path / HF_SINGLE: _header_keys(path / HF_SINGLE)}
-    found = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pth"))
-    raise CheckpointError(f"{path}: no {HF_SINGLE} or {HF_INDEX} (only safetensors are supported; "
-                          f"found {found or 'no weight files'})")
-
-
 def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llama:
-    """Hugging Face LLaMA folder: config.json + model.safetensors or index-linked shards."""
+    """Hugging Face LLaMA folder: config.json + one weight file or index-linked shards (eas.io.hf_files)."""
     path = Path(path)
-    data = _read_object(path / CONFIG_FILE)
-    cfg = hf_config(data, path / CONFIG_FILE)
-    files = _hf_files(path)
-    shapes = {}
-    for file, names in files.items():
-        absent = set(names) - set(_header_keys(file))
-        if absent:
-            raise CheckpointError(f"{file}: lacks tensors its index assigns to it: {sorted(absent)}")
-        with safe_open(file, framework="pt") as f:
-            for name in names:
-                if not HF_IGNORED.fullmatch(name):
-                    shapes[hf_to_meta_name(name)] = tuple(f.get_slice(name).get_shape())
+    files = WeightFiles(path)
+    return llama_from_hf(files, {n: n for n in files.shapes}, _read_object(path / CONFIG_FILE), str(path),
+                         dtype, device)
+
+
+def llama_from_hf(files: WeightFiles, names: dict[str, str], data: dict, source: str,
+                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Llama:
+    """A LLaMA from Hugging Face tensors; names maps each HF LLaMA name (``model.layers.0...``) to
+    the checkpoint's own (LLaVA checkpoints nest them), data is the HF LLaMA config."""
+    cfg = hf_config(data, Path(source) / CONFIG_FILE)
+    kept = {hf: ckpt for hf, ckpt in names.items() if not HF_IGNORED.fullmatch(hf)}
+    shapes = {hf_to_meta_name(hf): files.shapes[ckpt] for hf, ckpt in kept.items()}
     tied = "output.weight" not in shapes and data.get("tie_word_embeddings", False)
     if tied and "tok_embeddings.weight" in shapes:
         shapes["output.weight"] = shapes["tok_embeddings.weight"]
     rotary_heads = {".attention.wq.weight": cfg.n_heads, ".attention.wk.weight": cfg.n_kv_heads}
 
     def tensors():
-        for file, names in files.items():
-            with safe_open(file, framework="pt") as f:
-                for name in names:
-                    if HF_IGNORED.fullmatch(name):
-                        continue
-                    key, w = hf_to_meta_name(name), f.get_tensor(name)
-                    heads = next((h for suffix, h in rotary_heads.items() if key.endswith(suffix)), None)
-                    if heads is not None:
-                        w = unpermute_rotary(w, heads)
-                    w = w.to(device=device, dtype=dtype)
-                    if tied and key == "tok_embeddings.weight":
-                        yield "output.weight", w.clone()  # own storage: the model keeps them untied
-                    yield key, w
+        for hf, ckpt in kept.items():
+            key, w = hf_to_meta_name(hf), files.get(ckpt)
+            heads = next((h for suffix, h in rotary_heads.items() if key.endswith(suffix)), None)
+            if heads is not None:
+                w = unpermute_rotary(w, heads)
+            w = w.to(device=device, dtype=dtype)
+            if tied and key == "tok_embeddings.weight":
+                yield "output.weight", w.clone()  # own storage: the model keeps them untied
+            yield key, w
 
-    return _fill(cfg, shapes, tensors(), str(path), dtype)
+    return _fill(cfg, shapes, tensors(), source, dtype)

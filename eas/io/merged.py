@@ -11,7 +11,7 @@ from eas.adapters.merge import build_merged
 from eas.errors import CheckpointError
 from eas.io.checkpoint import load_state_strict
 from eas.io.files import atomic_write
-from eas.model.config import LavinConfig, LlamaConfig
+from eas.model.config import LavinConfig, LlamaConfig, LlavaConfig
 
 FORMAT = "eas-merged"
 # 3: no_attention / no_ffn replace skip_layers / skip_ffn_layers in the config; merged layer names.
@@ -60,7 +60,7 @@ def load_merged(path, device="cpu", dtype: torch.dtype | None = None):
         raise CheckpointError(f"{path} is merged.pt version {ckpt.get('version')}; this code reads version {VERSION}: "
                               f"re-merge it by running its `python run.py tune ...` command again with --resume (a "
                               f"finished run re-evaluates from its state.pt and writes a new merged.pt)")
-    kinds = {"LlamaConfig": LlamaConfig, "LavinConfig": LavinConfig}
+    kinds = {"LlamaConfig": LlamaConfig, "LavinConfig": LavinConfig, "LlavaConfig": LlavaConfig}
     if ckpt.get("kind") not in kinds:
         raise CheckpointError(f"{path}: unknown model kind {ckpt.get('kind')!r}; expected one of {sorted(kinds)}")
     try:

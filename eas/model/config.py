@@ -23,6 +23,8 @@ class LlamaConfig:
     hidden_dim: int | None = None  # SwiGLU width; derived Meta-style when None
     norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    # Llama-3 frequency scaling, {"rope_type": "llama3", **LLAMA3_ROPE_KEYS}; None: plain RoPE.
+    rope_scaling: dict | None = None
     max_seq_len: int = 2048
     # Layers whose attention / FFN is physically absent (a merged EAS model, or a deleted unit).
     no_attention: tuple[int, ...] = ()
@@ -48,6 +50,8 @@ class LlamaConfig:
             bad = [i for i in getattr(self, name) if not 0 <= i < self.n_layers]
             if bad:
                 raise ValueError(f"{name} {bad} outside 0..{self.n_layers - 1}")
+        if self.rope_scaling is not None:
+            check_llama3_rope(self.rope_scaling)
 
     @property
     def head_dim(self) -> int:
@@ -63,6 +67,20 @@ class LlamaConfig:
         if name not in LLAMA_SIZES:
             raise KeyError(f"unknown LLaMA size {name!r}; known: {sorted(LLAMA_SIZES)}")
         return cls(**{**LLAMA_SIZES[name], **overrides})
+
+
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def check_llama3_rope(scaling: dict) -> None:
+    """The one RoPE scaling implemented (eas.model.llama.llama3_frequencies); anything else is refused."""
+    if scaling.get("rope_type") != "llama3" or set(scaling) != {"rope_type", *LLAMA3_ROPE_KEYS}:
+        raise ValueError(f"rope_scaling {scaling!r}: only Llama-3's is supported, with exactly the keys "
+                         f"rope_type='llama3', {', '.join(LLAMA3_ROPE_KEYS)}")
+    if not all(isinstance(scaling[k], (int, float)) for k in LLAMA3_ROPE_KEYS):
+        raise ValueError(f"rope_scaling {scaling!r}: {', '.join(LLAMA3_ROPE_KEYS)} must be numbers")
+    if not 0 < scaling["low_freq_factor"] < scaling["high_freq_factor"] or scaling["factor"] <= 0:
+        raise ValueError(f"rope_scaling {scaling!r}: need factor > 0 and 0 < low_freq_factor < high_freq_factor")
 
 
 LLAMA_SIZES: dict[str, dict] = {
@@ -84,7 +102,7 @@ class VisionConfig:
     width: int = 1024
     layers: int = 24
     heads: int = 16
-    output_dim: int = 768  # CLIP joint-embedding projection (unused by LaVIN, kept for loading)
+    output_dim: int = 768  # CLIP joint-embedding projection (unused by LaVIN, kept for loading); 0: none
     mlp_ratio: float = 4.0
 
     def __post_init__(self):
@@ -106,6 +124,7 @@ class VisionConfig:
 
 VISION_SIZES: dict[str, dict] = {
     "vit-l/14": dict(image_size=224, patch_size=14, width=1024, layers=24, heads=16, output_dim=768),
+    "vit-l/14-336": dict(image_size=336, patch_size=14, width=1024, layers=24, heads=16, output_dim=768),
     "vit-b/16": dict(image_size=224, patch_size=16, width=768, layers=12, heads=12, output_dim=512),
     "tiny": dict(image_size=64, patch_size=8, width=192, layers=6, heads=3, output_dim=192),
     "test": dict(image_size=32, patch_size=8, width=48, layers=6, heads=2, output_dim=32),
@@ -142,6 +161,49 @@ class LavinConfig:
         return cls(llama=LlamaConfig.named(llama), vision=VisionConfig.named(vision))
 
 
+# CLIP's preprocessing statistics (CLIPImageProcessor), which LLaVA keeps.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class LlavaConfig:
+    """LLaMA/Vicuna + CLIP ViT wired as LLaVA-1.5 (eas_method.md §4.2): the patch tokens of one
+    ViT layer -> mlp2x_gelu projector -> image tokens at the <image> position of the prompt."""
+    llama: LlamaConfig = field(default_factory=LlamaConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    # Hugging Face hidden_states index the features come from (mm_vision_select_layer): 0 is the
+    # embedding output, i the output of block i, negatives count from the end (-2: penultimate).
+    feature_layer: int = -2
+    image_mean: tuple[float, float, float] = CLIP_MEAN  # also the padding colour of expand2square
+    image_std: tuple[float, float, float] = CLIP_STD
+
+    def __post_init__(self):
+        if isinstance(self.llama, dict):
+            self.llama = LlamaConfig(**self.llama)
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**self.vision)
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+        n = self.vision.layers
+        if not -(n + 1) <= self.feature_layer <= n:
+            raise ValueError(f"feature_layer {self.feature_layer} outside -{n + 1}..{n} for a {n}-block ViT")
+
+    @property
+    def feature_blocks(self) -> int:
+        """How many ViT blocks run before the features are read."""
+        return self.feature_layer % (self.vision.layers + 1)
+
+    @property
+    def n_image_tokens(self) -> int:
+        return self.vision.grid ** 2
+
+    @classmethod
+    def named(cls, name: str) -> "LlavaConfig":
+        llama, vision = {"llava-7b": ("llama-7b", "vit-l/14-336"), "tiny": ("tiny", "tiny"),
+                         "test": ("test", "test")}[name]
+        return cls(llama=LlamaConfig.named(llama), vision=VisionConfig.named(vision))
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -155,7 +217,8 @@ def load_config(path: str | Path):
     data = read_json(path, "model config")
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: a model config must be a JSON object")
-    kinds = {"LlamaConfig": LlamaConfig, "VisionConfig": VisionConfig, "LavinConfig": LavinConfig}
+    kinds = {"LlamaConfig": LlamaConfig, "VisionConfig": VisionConfig, "LavinConfig": LavinConfig,
+             "LlavaConfig": LlavaConfig}
     kind = data.pop("type", None)
     if kind not in kinds:
         raise CheckpointError(f"{path}: 'type' must be one of {sorted(kinds)}, got {kind!r}")

@@ -107,6 +107,22 @@ def build_batch(tokenizer: Tokenizer, examples: Sequence[tuple[str, str | None, 
                       has_image=torch.tensor([bool(e[2]) for e in examples]))
 
 
+def place_images(h: torch.Tensor, batch: LavinBatch, pixels: torch.Tensor | None, image_tokens) -> torch.Tensor:
+    """Text embeddings h [B, T, C] with image_tokens(pixels of the image examples) in the image slots."""
+    if pixels is None:
+        if batch.has_image.any():
+            raise ValueError("the batch has image examples but no pixels were given")
+        return h
+    if pixels.shape[0] != batch.tokens.shape[0]:
+        raise ValueError(f"pixels hold {pixels.shape[0]} images for a batch of {batch.tokens.shape[0]}")
+    if not batch.has_image.any():
+        return h
+    images = image_tokens(pixels[batch.has_image]).to(h.dtype)
+    # Image slots are contiguous and in batch order, so row-major scatter places each image's
+    # tokens into its own example.
+    return h.masked_scatter(batch.image_slots[..., None], images)
+
+
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy over supervised slots (labels are already shifted), averaged or summed."""
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
@@ -153,19 +169,8 @@ class Lavin(nn.Module):
         pixels: [B, 3, S, S] or None when no example has an image. Rows of text-only examples are
         ignored and never run through the ViT.
         """
-        h = self.embed_text(batch.tokens, batch.modality_slot, batch.has_image)
-        if pixels is None:
-            if batch.has_image.any():
-                raise ValueError("the batch has image examples but no pixels were given")
-            return h
-        if pixels.shape[0] != batch.tokens.shape[0]:
-            raise ValueError(f"pixels hold {pixels.shape[0]} images for a batch of {batch.tokens.shape[0]}")
-        if not batch.has_image.any():
-            return h
-        images = self.image_tokens(pixels[batch.has_image]).to(h.dtype)
-        # Image slots are contiguous and in batch order, so row-major scatter places each image's
-        # tokens into its own example.
-        return h.masked_scatter(batch.image_slots[..., None], images)
+        return place_images(self.embed_text(batch.tokens, batch.modality_slot, batch.has_image), batch, pixels,
+                            self.image_tokens)
 
     def forward(self, batch: LavinBatch, pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Training/scoring path without a cache: logits [B, T, V]."""

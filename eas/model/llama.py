@@ -12,6 +12,7 @@ Layers listed in ``cfg.no_attention`` / ``cfg.no_ffn`` have that unit physically
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -40,8 +41,21 @@ class RMSNorm(nn.Module):
         return rms_normalize(x, self.eps) * self.weight
 
 
-def rope_tables(head_dim: int, n_positions: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def llama3_frequencies(freqs: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Llama-3's long-context RoPE: wavelengths beyond the original context are stretched by
+    `factor`, those under original / high_freq_factor kept, the band between interpolated."""
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    context = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / freqs
+    smooth = ((context / wavelen - low) / (high - low)).clamp(0, 1)
+    return (1 - smooth) * freqs / factor + smooth * freqs
+
+
+def rope_tables(head_dim: int, n_positions: int, theta: float, device=None,
+                scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
+    if scaling is not None:
+        freqs = llama3_frequencies(freqs, scaling)
     angles = torch.outer(torch.arange(n_positions, device=device, dtype=torch.float64), freqs)
     return angles.cos().float(), angles.sin().float()
 
@@ -185,7 +199,8 @@ class Llama(nn.Module):
         device = device if device is not None else self.tok_embeddings.weight.device
         if device.type == "meta":
             device = None
-        cos, sin = rope_tables(self.cfg.head_dim, 2 * self.cfg.max_seq_len, self.cfg.rope_theta, device)
+        cos, sin = rope_tables(self.cfg.head_dim, 2 * self.cfg.max_seq_len, self.cfg.rope_theta, device,
+                               self.cfg.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 

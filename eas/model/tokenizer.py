@@ -27,7 +27,8 @@ class Tokenizer:
         try:
             self.sp.load(str(self.path))
         except (OSError, RuntimeError) as e:
-            raise TokenizerError(f"{self.path} is not a readable SentencePiece model: {e}") from e
+            raise TokenizerError(f"{self.path} is not a readable SentencePiece model (tiktoken files such as "
+                                 f"Llama-3's and Hugging Face tokenizer.json are not supported): {e}") from e
         self.vocab_size = self.sp.vocab_size()
         self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
         if self.bos_id < 0 or self.eos_id < 0:

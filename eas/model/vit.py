@@ -111,7 +111,9 @@ class VisionTransformer(nn.Module):
         self.ln_pre = LayerNorm(w)
         self.transformer = Transformer(cfg)
         self.ln_post = LayerNorm(w)
-        self.proj = nn.Parameter(torch.zeros(w, cfg.output_dim))
+        # CLIP's joint-embedding projection; absent (output_dim 0) in vision-only exports such as
+        # Hugging Face's CLIPVisionModel, which LLaVA's towers are.
+        self.proj = nn.Parameter(torch.zeros(w, cfg.output_dim)) if cfg.output_dim else None
 
     def init_weights(self, generator: torch.Generator | None = None) -> "VisionTransformer":
         """Random init at CLIP's scales (std ~ width^-1/2, residual outputs shrunk by depth)."""
@@ -125,7 +127,8 @@ class VisionTransformer(nn.Module):
         normal(self.conv1.weight, (3 * self.cfg.patch_size ** 2) ** -0.5)
         normal(self.class_embedding, std)
         normal(self.positional_embedding, std)
-        normal(self.proj, std)
+        if self.proj is not None:
+            normal(self.proj, std)
         for name, p in self.named_parameters():
             if name.endswith("bias"):
                 nn.init.zeros_(p)
@@ -161,7 +164,19 @@ class VisionTransformer(nn.Module):
                 taps.append(x[:, 0])
         return torch.stack(taps, dim=1)
 
+    def hidden(self, pixels: torch.Tensor, n_blocks: int) -> torch.Tensor:
+        """All tokens [B, 1 + grid², width] after the first ``n_blocks`` blocks (0: after ln_pre):
+        Hugging Face's ``hidden_states[n_blocks]``, what LLaVA reads its patch features from."""
+        if not 0 <= n_blocks <= self.cfg.layers:
+            raise ValueError(f"n_blocks {n_blocks} outside 0..{self.cfg.layers}")
+        x = self.embed_patches(pixels)
+        for blk in self.transformer.resblocks[:n_blocks]:
+            x = blk(x)
+        return x
+
     def embed_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """CLIP's image embedding: ln_post(CLS after the last block) @ proj -> [B, output_dim]."""
+        if self.proj is None:
+            raise ValueError("this vision tower has no CLIP projection (output_dim 0)")
         cls = self.forward(pixels, [self.cfg.layers - 1])[:, 0]
         return self.ln_post(cls) @ self.proj.to(cls.dtype)

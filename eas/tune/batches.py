@@ -13,6 +13,7 @@ import torch
 
 from eas.data import DataWarning
 from eas.data.tasks import TaskData, load_pixels
+from eas.model.image import pixel_loader
 from eas.model.lavin import IGNORE_INDEX, lm_loss
 from eas.distributed import any_rank
 from eas.tune.train import autocast_context
@@ -53,7 +54,8 @@ class Batches:
 
     def prepare(self, examples):
         """-> (LavinBatch, pixels) on the device, or () when every image in it was unreadable."""
-        kept, pixels = load_pixels(examples, self.model.cfg.vision.image_size, self.skipped_files)
+        kept, pixels = load_pixels(examples, self.model.cfg.vision.image_size, self.skipped_files,
+                                   pixel_loader(self.model.cfg))
         if not kept:
             return ()
         batch = self.model.build_batch(self.tok, [(e.prompt, e.target, e.image is not None) for e in kept])

@@ -1,6 +1,7 @@
 """The settings of `run.py tune` (one --flag per field) and their checks, made before any work starts."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ class TuneConfig:
     task: str = "aid"
     data_root: str | None = None
     setting: str = "20"                 # AID: the paper's 20 % or 50 % train split
-    base: str = str(TINY)               # own-format Lavin folder (weights/convert_*.py write one)
+    base: str = str(TINY)               # own-format Lavin/Llava folder, or a LLaVA-1.5 release folder
     llama: str | None = None            # or: a Meta/HF LLaMA folder ...
-    clip: str | None = None             # ... plus a CLIP file, assembled LaVIN-style
+    clip: str | None = None             # ... plus a CLIP file or folder (also: an original LLaVA's tower)
+    arch: str | None = None             # lavin or llava wiring; None: the base's own (a bare LLaMA: lavin)
     out: str | None = None              # run folder; None: runs/<task>
     cache_dir: str = str(ROOT / ".cache")
     device: str | None = None           # None: cuda:LOCAL_RANK when CUDA is available, else cpu
@@ -47,8 +49,8 @@ class TuneConfig:
     lr: float = 4e-3
     weight_decay: float = 0.02
     lr_warmup_epochs: float = 1.0
-    adapter_dim: int = 8
-    skip_dim: int = 32
+    adapter_dim: int | None = None      # r_a; None: ARCH_DEFAULTS
+    skip_dim: int | None = None         # r_s; None: ARCH_DEFAULTS
     dropout: float = 0.1
     warm_start: bool = False
     grad_checkpointing: bool = False
@@ -66,10 +68,21 @@ class TuneConfig:
         return Path(self.out) if self.out is not None else Path("runs") / self.task
 
 
+ARCHS = ("lavin", "llava")
+# Adapter widths of each recipe: LaVIN-EAS (eas_method.md §1.1) and LLaVA-EAS's AID/Slake scripts (§4.2).
+ARCH_DEFAULTS = {"lavin": {"adapter_dim": 8, "skip_dim": 32}, "llava": {"adapter_dim": 128, "skip_dim": 128}}
+
+
+def with_arch_defaults(cfg: TuneConfig, arch: str) -> TuneConfig:
+    """cfg with `arch` and its adapter widths filled in where the flags left them unset."""
+    unset = {k: v for k, v in ARCH_DEFAULTS[arch].items() if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, arch=arch, **unset)
+
+
 COUNTS = ("nas_every", "candidates", "val_batch", "batch_size", "accum", "adapter_dim", "skip_dim",
           "eval_batch_size", "synthetic_per_class")
 EPOCHS = ("warmup_epochs", "search_epochs", "finetune_epochs", "lr_warmup_epochs")
-CHOICES = {"task": TASKS, "unit": UNITS, "merge": MODES, "dtype": (None, *DTYPES)}
+CHOICES = {"task": TASKS, "unit": UNITS, "merge": MODES, "dtype": (None, *DTYPES), "arch": (None, *ARCHS)}
 
 
 def _flag(name: str) -> str:
@@ -88,6 +101,8 @@ def validate(cfg: TuneConfig) -> None:
         _require(value in options, name, value, "one of " + ", ".join(o for o in options if o))
     for name in COUNTS:
         value = getattr(cfg, name)
+        if value is None and name in ARCH_DEFAULTS["lavin"]:
+            continue  # the architecture's default, once the base is known
         _require(isinstance(value, int) and value >= 1, name, value, "a whole number >= 1")
     for name in EPOCHS:
         value = getattr(cfg, name)
@@ -104,8 +119,8 @@ def validate(cfg: TuneConfig) -> None:
     _require(cfg.max_test is None or cfg.max_test >= 1, "max_test", cfg.max_test, "a number of examples >= 1")
     _require(cfg.skip is None or cfg.skip >= 0, "skip", cfg.skip, "a number of units >= 0")
     _validate_skip_set(cfg)
-    if bool(cfg.llama) != bool(cfg.clip):
-        raise UsageError("--llama and --clip go together (a LaVIN model needs both)")
+    if cfg.llama and not cfg.clip:
+        raise UsageError("--llama needs --clip (the vision tower of the LaVIN or LLaVA model to assemble)")
     if cfg.task != "aid" and cfg.data_root is None:
         raise UsageError(f"--task {cfg.task} needs --data-root (only AID has a synthetic stand-in)")
     resolve_device(cfg)

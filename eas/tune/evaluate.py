@@ -14,6 +14,7 @@ from eas.adapters.calibrate import calibrate_routes, clear_routes
 from eas.adapters.merge import merge
 from eas.adapters.params import trainable_report
 from eas.data.tasks import load_pixels
+from eas.model.image import pixel_loader
 from eas.io.merged import as_stored, save_merged
 from eas.tune.checkpoints import Checkpointer
 from eas.tune.config import dtype_name
@@ -71,7 +72,8 @@ def predict(s: Session, net, examples, name: str) -> tuple[list, list[str]]:
     kept, out = [], []
     bs = s.cfg.eval_batch_size
     for i in tqdm(range(0, len(examples), bs), desc=f"test {name}", leave=False, disable=not s.lead):
-        part, pixels = load_pixels(examples[i:i + bs], s.model.cfg.vision.image_size, s.batches.skipped_files)
+        part, pixels = load_pixels(examples[i:i + bs], s.model.cfg.vision.image_size, s.batches.skipped_files,
+                                   pixel_loader(s.model.cfg))
         if not part:
             continue
         batch = net.build_batch(s.tok, [(e.prompt, None, e.image is not None) for e in part]).to(s.device)

@@ -32,7 +32,7 @@ class Session:
     dtype: torch.dtype
     rank: int
     world: int
-    model: torch.nn.Module              # a Lavin with adapters; only they train, in fp32
+    model: torch.nn.Module              # a Lavin or Llava with adapters; only they train, in fp32
     tok: Tokenizer
     tok_path: Path
     task: TaskData

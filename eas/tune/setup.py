@@ -11,13 +11,15 @@ from eas.adapters.attach import EASConfig, add_adapters, freeze_routers, mark_tr
 from eas.data import DataWarning
 from eas.data.tasks import TaskData, load_task
 from eas.errors import CheckpointError, DataError, TokenizerError, UsageError
-from eas.io.assemble import assemble_lavin
+from eas.io.assemble import assemble_lavin, assemble_llava, llava_form
 from eas.io.checkpoint import load_model, stored_dtype
+from eas.io.load_llava import llava_layout, load_llava
 from eas.model.lavin import Lavin
+from eas.model.llava import Llava
 from eas.model.tokenizer import Tokenizer
 from eas.search import BanditSearch, skip_target
 from eas.tune.batches import Batches
-from eas.tune.config import TuneConfig, check_against_model, resolve_device, resolve_dtype
+from eas.tune.config import TuneConfig, check_against_model, resolve_device, resolve_dtype, with_arch_defaults
 from eas.distributed import init_distributed, rank_zero_first
 from eas.tune.run_folder import RunFolder
 from eas.tune.session import Session, stage_steps
@@ -32,6 +34,7 @@ def open_session(cfg: TuneConfig) -> Session:
     folder = RunFolder(cfg.run_dir, rank == 0)
     folder.prepare(cfg.resume)
     model, tok, tok_path = load_base(cfg, device, dtype)
+    cfg = with_arch_defaults(cfg, "llava" if isinstance(model, Llava) else "lavin")
     k = check_against_model(cfg, model.llama.cfg.n_layers)
     with rank_zero_first(rank == 0):
         task = load_task(cfg.task, cfg.data_root, cache_dir=cfg.cache_dir, setting=cfg.setting, seed=cfg.seed,
@@ -50,25 +53,42 @@ def open_session(cfg: TuneConfig) -> Session:
 
 
 def load_base(cfg: TuneConfig, device: torch.device, dtype: torch.dtype):
-    """-> (Lavin, Tokenizer, tokenizer path), the base frozen in `dtype` on `device`."""
-    if cfg.llama:
-        model, tok_path = assemble_lavin(cfg.llama, cfg.clip, dtype=dtype, device=device)
-        source = cfg.llama
-    else:
-        source = base = Path(cfg.base)
-        try:
-            model = load_model(base, dtype=dtype, device=device)
-        except CheckpointError as e:
-            raise CheckpointError(f"cannot load base model {base}: {e}") from e
-        if not isinstance(model, Lavin):
-            raise CheckpointError(f"{base} holds a text-only LLaMA; tuning needs a LaVIN model "
-                                  f"(or pass --llama DIR --clip FILE)")
-        tok_path = base / "tokenizer.model"
+    """-> (Lavin or Llava, Tokenizer, tokenizer path), the base frozen in `dtype` on `device`.
+    --arch llava on a LaVIN base (the tiny one) tunes its LLaVA form: same LLaMA and ViT, a new
+    projector that tune trains, as LLaVA-EAS trains mm_projector."""
+    model, tok_path, source = _read_base(cfg, device, dtype)
+    if cfg.arch == "llava" and isinstance(model, Lavin):
+        model = llava_form(model.llama, model.visual, device)
+    elif cfg.arch == "lavin" and isinstance(model, Llava):
+        raise UsageError(f"--arch lavin, but {source} is a LLaVA model (its projector reads patch tokens, "
+                         f"not LaVIN's CLS taps); drop --arch or pass --arch llava")
     if tok_path is None or not Path(tok_path).is_file():
         raise TokenizerError(f"no tokenizer.model found next to the base model ({source})")
     model.requires_grad_(False)
     warnings.simplefilter("always", DataWarning)
     return model, Tokenizer(tok_path), Path(tok_path)
+
+
+def _read_base(cfg: TuneConfig, device: torch.device, dtype: torch.dtype):
+    """-> (model, tokenizer path or None, what it was read from)."""
+    if cfg.llama:
+        assemble = assemble_llava if cfg.arch == "llava" else assemble_lavin
+        return (*assemble(cfg.llama, cfg.clip, dtype=dtype, device=device), cfg.llama)
+    base = Path(cfg.base)
+    if base.is_dir() and llava_layout(base) is not None:
+        model, tok_path = load_llava(base, cfg.clip, dtype, device)
+        return model, tok_path, base
+    if cfg.clip:
+        raise UsageError(f"--clip {cfg.clip}: only --llama or an original LLaVA release as --base take a tower; "
+                         f"{base} holds its own")
+    try:
+        model = load_model(base, dtype=dtype, device=device)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot load base model {base}: {e}") from e
+    if not isinstance(model, (Lavin, Llava)):
+        raise CheckpointError(f"{base} holds a text-only LLaMA; tuning needs a LaVIN or LLaVA model "
+                              f"(or pass --llama DIR --clip FILE)")
+    return model, base / "tokenizer.model", base
 
 
 def check_splits(cfg: TuneConfig, task: TaskData, world: int, searching: bool) -> None:

@@ -21,14 +21,10 @@ from eas.io.checkpoint import load_model, save_model
 from eas.model.config import LlamaConfig
 from eas.model.llama import Llama
 from eas.io.load_llama import load_llama
-from helpers import rel_err, write_meta
+from helpers import hf_tensors, rel_err, write_meta
 
 REPO = Path(__file__).resolve().parents[2]
-HF_LAYER_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
-                  "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
-                  "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-                  "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
-                  "ffn_norm": "post_attention_layernorm"}
+
 
 
 
@@ -48,25 +44,6 @@ def logits(m, tokens):
 
 
 # ---- writers in each release format ------------------------------------------------------------
-
-def hf_tensors(model) -> dict[str, torch.Tensor]:
-    """HF names, q/k rows permuted as HF's convert_llama_weights_to_hf.py does."""
-    c = model.cfg
-
-    def permute(w, heads):
-        return w.view(heads, c.head_dim // 2, 2, c.dim).transpose(1, 2).reshape(w.shape)
-
-    out = {"model.embed_tokens.weight": model.tok_embeddings.weight, "model.norm.weight": model.norm.weight,
-           "lm_head.weight": model.output.weight}
-    rotary_heads = {"attention.wq": c.n_heads, "attention.wk": c.n_kv_heads}
-    for i, blk in enumerate(model.layers):
-        for ours, theirs in HF_LAYER_NAMES.items():
-            w = blk.get_parameter(ours + ".weight")
-            w = permute(w, rotary_heads[ours]) if ours in rotary_heads else w
-            out[f"model.layers.{i}.{theirs}.weight"] = w
-        out[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = torch.rand(c.head_dim // 2)
-    return {k: v.detach().clone().contiguous() for k, v in out.items()}
-
 
 def write_hf(model, folder: Path, shards: int = 1, **config) -> dict[str, torch.Tensor]:
     folder.mkdir()

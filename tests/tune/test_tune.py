@@ -384,7 +384,8 @@ def test_batch_without_readable_image_is_skipped_not_fatal(base, cache, tmp_path
     ("skip_set", "1,1", "--skip-set '1,1': expected distinct"), ("merge", "fused", "--merge 'fused'"),
     ("unit", "head", "--unit 'head'"), ("save_minutes", 0, "--save-minutes 0.0"),
     ("device", "tpu", "--device 'tpu'"), ("dtype", "float16", "--dtype 'float16'"),
-    ("llama", "somewhere", "--llama and --clip go together"), ("task", "slake", "--task slake needs --data-root"),
+    ("llama", "somewhere", "--llama needs --clip"), ("task", "slake", "--task slake needs --data-root"),
+    ("arch", "gpt", "--arch 'gpt'"), ("adapter_dim", 0, "--adapter-dim 0"),
     ("task", "coco", "--task 'coco': expected one of aid, scienceqa, slake"),
 ])
 def test_bad_flag_is_refused_before_any_work(flag, value, named, base, cache, tmp_path, capsys):
