@@ -1,6 +1,6 @@
 """The prompt layout, rebuilt from manifest.json alone (what a C++ runtime does; numpy only).
 
-A test checks it against eas.model.lavin.build_batch / Tokenizer.encode_batch, so the manifest's
+A test checks it against eas.model.lavin.build_batch / eas.model.tokenizer.left_pad, so the manifest's
 "sequence" section is provably all a runtime needs. Rows are left-padded:
 
     LaVIN      [pad.. | modality | BOS | prefix ids | image slots (with an image) | prompt ids]
