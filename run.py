@@ -44,7 +44,8 @@ def load_for_generation(model: str | None, random_init: bool, tokenizer: str | N
     if not path.exists():
         raise CheckpointError(f"model {path} not found (pass --model DIR|merged.pt, or --random)")
     if path.is_file():
-        net = load_merged(path)
+        # fp32 on the CPU, as the tuning run scored it: a merged.pt stored in fp16 would otherwise run in fp16.
+        net = load_merged(path, dtype=torch.float32)
         tok_path = tok_path or (Path(net.tokenizer_ref) if net.tokenizer_ref else None)
     elif (path / "params.json").exists() or (path / "config.json").exists():
         if detect_format(path) == "eas":
