@@ -1,7 +1,8 @@
 """EAS command line: `python run.py <command> --help`.
 
     tune       adapt a LaVIN-style model to a task with EAS: search, fine-tune, evaluate, merge
-    generate   answer a prompt (optionally about an image) with a LaVIN-style model
+    generate   answer a question (optionally about images) with a tuned merged.pt, an export folder
+               (--engine: ONNX Runtime or TensorRT) or any LaVIN-style/LLaMA model
 
 Bad input ends in one line `error: ...` and exit status 2; an interrupted tune in exit status 1.
 """
@@ -23,8 +24,9 @@ from eas.io.merged import load_merged
 from eas.model.config import LavinConfig
 from eas.model.generate import generate as generate_tokens
 from eas.model.tokenizer import left_pad
-from eas.model.image import load_image
+from eas.model.image import open_image, pixel_loader
 from eas.model.lavin import Lavin, build_batch
+from eas.model.llava import Llava, build_llava_batch, llava_question
 from eas.model.tokenizer import Tokenizer
 from eas.tune.config import TINY, TuneConfig
 from eas.tune.interrupts import Interrupted
@@ -43,7 +45,8 @@ def load_for_generation(model: str | None, random_init: bool, tokenizer: str | N
     if not path.exists():
         raise CheckpointError(f"model {path} not found (pass --model DIR|merged.pt, or --random)")
     if path.is_file():
-        net = load_merged(path)
+        # fp32 on the CPU, as the tuning run scored it: a merged.pt stored in fp16 would otherwise run in fp16.
+        net = load_merged(path, dtype=torch.float32)
         tok_path = tok_path or (Path(net.tokenizer_ref) if net.tokenizer_ref else None)
     elif (path / "params.json").exists() or (path / "config.json").exists():
         if detect_format(path) == "eas":
@@ -59,8 +62,8 @@ def load_for_generation(model: str | None, random_init: bool, tokenizer: str | N
     return net, Tokenizer(tok_path), str(path)
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
-    if max_new_tokens < 0:
+def check_sampling(max_new_tokens: int | None, temperature: float, top_p: float) -> None:
+    if max_new_tokens is not None and max_new_tokens < 0:
         raise UsageError(f"--max-new-tokens {max_new_tokens}: expected a number of tokens >= 0")
     if not (math.isfinite(temperature) and temperature >= 0):
         raise UsageError(f"--temperature {temperature}: expected a finite number >= 0 (0 = greedy)")
@@ -79,33 +82,95 @@ def check_fits(prompt_len: int, max_new_tokens: int, llama_cfg) -> None:
                          f"most {2 * llama_cfg.max_seq_len - prompt_len} new tokens")
 
 
-def generate(prompt: str, image: str | None = None, model: str | None = None, random_init: bool = False,
-             tokenizer: str | None = None, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int = 0) -> str:
+def prompt_text(net, question: str | None, raw: bool) -> str:
+    """The text the model reads: a tuned model's merged.pt records its task's template (eas.data.prompt);
+    other models take --prompt as typed."""
+    fmt = getattr(net, "prompt_format", None)
+    if fmt is not None:
+        return fmt.prompt(question, raw)
+    if question is None:
+        raise UsageError("this model records no task prompt template (only a tuned merged.pt does): pass --prompt")
+    return question
+
+
+def answer_budget(net, max_new_tokens: int | None) -> int:
+    fmt = getattr(net, "prompt_format", None)
+    return max_new_tokens if max_new_tokens is not None else fmt.max_new_tokens if fmt else 32
+
+
+def generate(prompt: str | None = None, image: list[str] | None = None, model: str | None = None,
+             engine: str | None = None, backend: str = "ort", raw: bool = False, random_init: bool = False,
+             tokenizer: str | None = None, max_new_tokens: int | None = None, temperature: float = 0.0,
+             top_p: float = 1.0, seed: int = 0) -> list[str]:
+    """One answer per image (one text-only answer without --image), printed one per line."""
     check_sampling(max_new_tokens, temperature, top_p)
-    net, tok, what = load_for_generation(model, random_init, tokenizer)
-    net.eval()
-    gen = torch.Generator().manual_seed(seed)
+    if backend != "ort" and engine is None:
+        raise UsageError(f"--backend {backend} runs an export folder: pass --engine DIR")
     t0 = time.perf_counter()
-    if isinstance(net, Lavin):
-        request = [(prompt, None, image is not None)]
-        check_fits(build_batch(tok, request, net.cfg.n_visual_tokens).tokens.shape[1], max_new_tokens, net.cfg.llama)
-        pixels = None if image is None else load_image(image, net.cfg.vision.image_size)[None]
-        out = net.generate(net.build_batch(tok, request), pixels, max_new_tokens, eos_id=tok.eos_id,
-                           temperature=temperature, top_p=top_p, generator=gen)[0]
+    if engine is not None:
+        check_engine_flags(model, random_init, tokenizer, temperature, top_p)
+        texts, what = generate_engine(engine, backend, prompt, image, raw, max_new_tokens)
     else:
-        if image is not None:
-            raise UsageError("--image needs a multimodal (LaVIN) model; this one is a text-only LLaMA")
-        ids = tok.encode(prompt, bos=True, eos=False)
-        check_fits(len(ids), max_new_tokens, net.cfg)
+        texts, what = generate_torch(prompt, image, model, raw, random_init, tokenizer, max_new_tokens,
+                                     temperature, top_p, seed)
+    print(f"{what}; {len(texts)} answer(s) in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    print("\n".join(texts))
+    return texts
+
+
+def generate_torch(prompt, images, model, raw, random_init, tokenizer, max_new_tokens, temperature, top_p,
+                   seed) -> tuple[list[str], str]:
+    net, tok, what = load_for_generation(model, random_init, tokenizer)
+    text, budget = prompt_text(net, prompt, raw), answer_budget(net, max_new_tokens)
+    gen = torch.Generator().manual_seed(seed)
+    sampling = dict(eos_id=tok.eos_id, temperature=temperature, top_p=top_p, generator=gen)
+    if isinstance(net, (Lavin, Llava)):
+        request = [(text, None, True) for _ in images] if images else [(text, None, False)]
+        check_fits(prompt_length(net, tok, request), budget, net.cfg.llama)
+        load = pixel_loader(net.cfg)
+        pixels = torch.stack([load(p) for p in images]) if images else None
+        out = net.generate(net.build_batch(tok, request), pixels, budget, **sampling)
+    else:
+        if images:
+            raise UsageError("--image needs a multimodal (LaVIN or LLaVA) model; this one is a text-only LLaMA")
+        ids = tok.encode(text, bos=True, eos=False)
+        check_fits(len(ids), budget, net.cfg)
         tokens, positions, key_mask = left_pad([ids])
         with torch.no_grad():
-            out = generate_tokens(net, net.tok_embeddings(tokens), positions, key_mask, max_new_tokens,
-                                  eos_id=tok.eos_id, temperature=temperature, top_p=top_p, generator=gen)[0]
-    text = tok.decode(out)
-    print(f"model: {what}; {len(out)} tokens in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
-    print(text)
-    return text
+            out = generate_tokens(net, net.tok_embeddings(tokens), positions, key_mask, budget, **sampling)
+    return [tok.decode(t) for t in out], f"model: {what}"
+
+
+def prompt_length(net, tok, request) -> int:
+    """Slots the prompt batch takes in the model's own layout, measured before any length check."""
+    if isinstance(net, Llava):
+        questions = [(llava_question(text), answer, has_image) for text, answer, has_image in request]
+        return build_llava_batch(tok, questions, net.cfg.n_image_tokens).tokens.shape[1]
+    return build_batch(tok, request, net.cfg.n_visual_tokens).tokens.shape[1]
+
+
+def check_engine_flags(model, random_init, tokenizer, temperature, top_p) -> None:
+    given = [flag for flag, value in (("--model", model), ("--random", random_init), ("--tokenizer", tokenizer))
+             if value]
+    if given:
+        raise UsageError(f"--engine runs an export folder (its manifest names the tokenizer): drop {', '.join(given)}")
+    if temperature != 0 or top_p != 1:
+        raise UsageError("--engine: the export runtimes decode greedily; drop --temperature and --top-p")
+
+
+def generate_engine(folder, backend, prompt, images, raw, max_new_tokens) -> tuple[list[str], str]:
+    """The export runtimes (export/runtime.py), imported here so that tuning does not load onnxruntime."""
+    if backend == "trt":
+        from export.trt_runtime import TrtRuntime
+        rt, device = TrtRuntime(folder), "TensorRT"
+    else:
+        from export.ort_runtime import OrtRuntime
+        rt = OrtRuntime(folder, cuda=True)
+        device = "ONNX Runtime on " + ", ".join(sorted(set(rt.providers.values())))
+    if images and rt.manifest["image"] is None:
+        raise UsageError(f"--image: the model in {folder} is text-only (its manifest has no image section)")
+    pictures = [open_image(p) for p in images] if images else [None]
+    return rt.ask(prompt, pictures, raw, max_new_tokens), f"engine: {folder} ({device})"
 
 
 TUNE_HELP = {
@@ -168,14 +233,19 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tune", help="EAS recipe end to end: search, fine-tune, evaluate, merge -> merged.pt")
     _add_dataclass_args(t, TuneConfig)
-    g = sub.add_parser("generate", help="answer a prompt (optionally about an image)")
-    g.add_argument("--prompt", default="Question: What is the label for this image?\nResponse:")
-    g.add_argument("--image", help="image file (LaVIN models only)")
+    g = sub.add_parser("generate", help="answer a question (optionally about images) as the model was tuned")
+    g.add_argument("--prompt", help="the question; a tuned merged.pt or export wraps it in its task's prompt "
+                   "template (default: the task's own question, e.g. AID's)")
+    g.add_argument("--raw", action="store_true", help="send --prompt as typed, without the template")
+    g.add_argument("--image", nargs="+", help="image file(s), one answer each (LaVIN models only)")
     g.add_argument("--model", help=f"own-format folder, merged.pt, or Meta/HF LLaMA folder (default {TINY})")
+    g.add_argument("--engine", help="export folder of python export/to_trt.py (instead of --model)")
+    g.add_argument("--backend", choices=("ort", "trt"), default="ort",
+                   help="with --engine: ONNX Runtime (CUDA when it really gets it, else CPU) or TensorRT engines")
     g.add_argument("--random", dest="random_init", action="store_true",
                    help="tiny LaVIN-style model with random weights (smoke test)")
     g.add_argument("--tokenizer", help="SentencePiece model (default: the one next to the model)")
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=int, help="default: the tuned task's answer budget, else 32")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)

@@ -6,13 +6,14 @@ shapes and dtypes are those of the files. Paths are relative to the manifest's f
 from __future__ import annotations
 
 from eas.adapters.attach import llama_of
-from eas.model.image import IMAGENET_MEAN, IMAGENET_STD
+from eas.model.image import IMAGENET_MEAN, IMAGENET_STD, PIXEL_DIVISOR
 from eas.model.lavin import IMAGE_PREFIX, NO_IMAGE_PREFIX
 from eas.model.tokenizer import Tokenizer
 from export.graphs import StateLayout
 from export.onnx_export import GraphSpec
 
-FORMAT, VERSION = "eas-export", 1
+# 2: the task's prompt format; the image section's divisor replaces scale.
+FORMAT, VERSION = "eas-export", 2
 TOKENIZER_FILE = "tokenizer.model"
 
 
@@ -47,8 +48,9 @@ def image_section(model) -> dict | None:
         return None
     return {"size": model.cfg.vision.image_size, "layout": "NCHW, RGB",
             "resize": "PIL bicubic (antialiased) to size x size, also when already square",
-            "scale": 1 / 255, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "formula": "(pixel / 255 - mean[c]) / std[c]"}
+            "divisor": PIXEL_DIVISOR, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "formula": "(pixel / divisor - mean[c]) / std[c] in float32, each step rounded (a division, not a "
+                       "multiply by 1/divisor)"}
 
 
 def build_manifest(model, specs: list[GraphSpec], layout: StateLayout, tok: Tokenizer, dtype: str,
@@ -73,6 +75,10 @@ def build_manifest(model, specs: list[GraphSpec], layout: StateLayout, tok: Toke
         "engines": {},
         "tokenizer": {"file": TOKENIZER_FILE, "kind": "sentencepiece", "vocab_size": tok.vocab_size,
                       "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id},
+        "prompt": {"format": model.prompt_format.to_json(),
+                   "rule": "the prompt is format.template with {question} replaced by the user's question, or by "
+                           "format.question when none is given (an error when that is null); raw text is sent as "
+                           "typed only on request; format.max_new_tokens is the default answer budget"},
         "sequence": sequence_section(model, tok),
         "image": image_section(model),
         "generation": "greedy: argmax of logits; an example stops at eos_id (not emitted); finished examples "

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from eas.errors import CheckpointError
 from export.runtime import Runtime
 
 
@@ -15,13 +16,31 @@ def open_session(path: Path, want_cuda: bool) -> ort.InferenceSession:
     providers = ["CPUExecutionProvider"]
     if want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), providers=providers)
+    if not path.is_file():
+        raise CheckpointError(f"graph {path} named by the manifest does not exist")
+    try:
+        return ort.InferenceSession(str(path), providers=providers)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types for a bad file
+        raise CheckpointError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from e
+
+
+def check_session(session: ort.InferenceSession, graph: dict, path: Path) -> None:
+    """The graph's input and output names must be the manifest's: a manifest of another export is refused."""
+    for side, declared, actual in (("inputs", graph["inputs"], session.get_inputs()),
+                                   ("outputs", graph["outputs"], session.get_outputs())):
+        want, got = [t["name"] for t in declared], [t.name for t in actual]
+        if sorted(want) != sorted(got):
+            raise CheckpointError(f"{path} has {side} {got}, the manifest declares {want}: the manifest does not "
+                                  f"belong to this graph")
 
 
 class OrtRuntime(Runtime):
     def __init__(self, folder: str | Path, cuda: bool = False):
         super().__init__(folder)
-        self.sessions = {name: open_session(self.folder / g["file"], cuda) for name, g in self.manifest["graphs"].items()}
+        self.sessions = {}
+        for name, graph in self.manifest["graphs"].items():
+            self.sessions[name] = open_session(self.folder / graph["file"], cuda)
+            check_session(self.sessions[name], graph, self.folder / graph["file"])
         # What the sessions really run on (the first provider of each).
         self.providers = {name: s.get_providers()[0] for name, s in self.sessions.items()}
 

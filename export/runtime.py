@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from eas.data.prompt import PromptFormat
 from eas.errors import CheckpointError, UsageError
 from eas.io.files import read_json
+from eas.model.image import pixel_array
 from eas.model.tokenizer import Tokenizer
 from export.layout import build_layout
 from export.manifest import FORMAT, VERSION
@@ -25,18 +27,19 @@ NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def load_manifest(folder: Path) -> dict:
-    manifest = read_json(folder / "manifest.json", "export manifest")
+    path = folder / "manifest.json"
+    if not folder.is_dir():
+        raise CheckpointError(f"engine folder {folder} does not exist")
+    manifest = read_json(path, "export manifest")
     if not isinstance(manifest, dict) or (manifest.get("format"), manifest.get("version")) != (FORMAT, VERSION):
-        raise CheckpointError(f"{folder / 'manifest.json'} is not a {FORMAT} version {VERSION} manifest")
+        raise CheckpointError(f"{path} is not a {FORMAT} version {VERSION} manifest (export merged.pt again with "
+                              f"python export/to_trt.py)")
     return manifest
 
 
 def preprocess(image: Image.Image, spec: dict) -> np.ndarray:
-    """PIL image -> [3, S, S] as the manifest's "image" section says."""
-    rgb = image.convert("RGB").resize((spec["size"], spec["size"]), Image.BICUBIC)
-    x = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) * np.float32(spec["scale"])
-    mean, std = (np.asarray(spec[k], dtype=np.float32)[:, None, None] for k in ("mean", "std"))
-    return (x - mean) / std
+    """PIL image -> [3, S, S] as the manifest's "image" section says (eas/model/image.py's code)."""
+    return pixel_array(image, spec["size"], spec["mean"], spec["std"], spec["divisor"])
 
 
 class Runtime(ABC):
@@ -44,6 +47,10 @@ class Runtime(ABC):
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
         self.tokenizer = Tokenizer(self.folder / self.manifest["tokenizer"]["file"])
+        try:
+            self.prompt_format = PromptFormat.from_json(self.manifest["prompt"]["format"], str(self.folder / "manifest.json"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{self.folder / 'manifest.json'}: bad prompt section: {e}") from e
         self.float = NUMPY_DTYPES[self.manifest["graphs"]["embed"]["outputs"][0]["dtype"]]
 
     def generate(self, prompts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int) -> list[list[int]]:
@@ -52,6 +59,14 @@ class Runtime(ABC):
         layout = build_layout(self.manifest["sequence"], ids, [im is not None for im in images])
         pixels = [preprocess(im, self.manifest["image"]) for im in images if im is not None]
         return self.generate_layout(layout, np.stack(pixels) if pixels else None, max_new_tokens)
+
+    def ask(self, question: str | None, images: Sequence[Image.Image | None], raw: bool = False,
+            max_new_tokens: int | None = None) -> list[str]:
+        """The answer to one question about each image (None: text only), the question wrapped in the
+        tuned prompt template (eas.data.prompt.PromptFormat.prompt); budget: the task's by default."""
+        prompt = self.prompt_format.prompt(question, raw)
+        budget = self.prompt_format.max_new_tokens if max_new_tokens is None else max_new_tokens
+        return [self.tokenizer.decode(t) for t in self.generate([prompt] * len(images), images, budget)]
 
     def check_limits(self, batch: int, slots: int) -> None:
         profiles = self.manifest["profiles"]

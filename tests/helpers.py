@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eas.model.tokenizer import left_pad
 
 # The session tokenizer's training text and size (conftest.py's `tok`); 400 pieces, since byte
 # fallback alone needs 259.
@@ -162,12 +161,6 @@ def openai_clip_state(vit: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict of an OpenAI CLIP file holding `vit` as its visual tower, next to text-tower keys."""
     state = {f"visual.{k}": v.clone() for k, v in vit.state_dict().items()}
     return state | {"logit_scale": torch.tensor(4.6), "token_embedding.weight": torch.zeros(10, 8)}
-
-
-def encode_prompts(tok, texts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Text-only prompts (BOS, no EOS) -> left-padded (tokens, positions, key_mask), as run.py's
-    text-only generation builds them."""
-    return left_pad([tok.encode(t, bos=True, eos=False) for t in texts], tok.pad_id)
 
 
 def save_hf_weights(tensors: dict[str, torch.Tensor], folder: Path, shards: int = 1, fmt: str = "safetensors") -> None:

@@ -30,7 +30,7 @@ def test_help(args, shows):
 @needs_tokenizer
 def test_generate_random_tiny_matches_library(capsys):
     prompt = "Question: hello\nResponse:"
-    text = run.generate(prompt, random_init=True, max_new_tokens=5)
+    [text] = run.generate(prompt, random_init=True, max_new_tokens=5)
     assert "RANDOM" in capsys.readouterr().err
     tok = Tokenizer(TOKENIZER)
     model = Lavin(LavinConfig.named("tiny")).init_weights(torch.Generator().manual_seed(0)).eval()
@@ -45,8 +45,8 @@ def test_generate_with_saved_model_and_image_matches_library(tmp_path):
     model = Lavin(cfg).init_weights(torch.Generator().manual_seed(3)).eval()
     save_model(model, tmp_path / "m", tokenizer=TOKENIZER)
     Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "red.png")
-    text = run.generate("Question: colour?\nResponse:", image=str(tmp_path / "red.png"), model=str(tmp_path / "m"),
-                        max_new_tokens=6)
+    [text] = run.generate("Question: colour?\nResponse:", image=[str(tmp_path / "red.png")], model=str(tmp_path / "m"),
+                          max_new_tokens=6)
     batch = model.build_batch(tok, [("Question: colour?\nResponse:", None, True)])
     ref = model.generate(batch, load_image(tmp_path / "red.png", 32)[None], 6, eos_id=tok.eos_id)[0]
     assert len(ref) > 0 and text == tok.decode(ref)
@@ -80,7 +80,7 @@ def test_prompt_longer_than_the_context_is_refused(capsys):
 
 @needs_tokenizer
 def test_answer_beyond_the_cache_is_refused(capsys):
-    line = fails(capsys, "generate", "--random", "--max-new-tokens", "3000")
+    line = fails(capsys, "generate", "--random", "--prompt", "Hi", "--max-new-tokens", "3000")
     assert "--max-new-tokens 3000: the" in line and "leaves room for at most" in line
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from eas.data import DataWarning
 from eas.data.metrics import normalize_answer, task_scores
+from eas.data.prompt import PromptFormat
 from eas.errors import DataError
 
 AID_CLASS_DIRS = (
@@ -28,8 +29,10 @@ AID_CLASS_DIRS = (
     "StorageTanks", "Viaduct",
 )
 AID_LABELS = tuple(d.lower() for d in AID_CLASS_DIRS)
-AID_PROMPT = ("Question: What is the label for this image?\n"
-              "Answer the question using a single word.\nResponse:")
+AID_FORMAT = PromptFormat("aid", "Question: {question}\nAnswer the question using a single word.\nResponse:",
+                          question="What is the label for this image?", max_new_tokens=10,
+                          answer="one word: the scene's class label (e.g. beach)")
+AID_PROMPT = AID_FORMAT.fill(AID_FORMAT.question)
 PAPER_TRAIN_FRACTIONS = {"20": 0.2, "50": 0.5}
 # A file that marks a generated stand-in (eas.data.synthetic_aid); it travels with the folder so
 # that a synthetic set is recognised, and announced, wherever it is scanned from.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eas.data.metrics import task_scores
+from eas.data.prompt import PromptFormat
 from eas.errors import DataError
 from eas.io.files import read_json
 
@@ -23,6 +24,10 @@ CATEGORIES = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
 _GRADE = re.compile(r"^grade(\d+)$")
 _ANSWER_IS = re.compile(r"The answer is ([A-Z])\.")
 _BARE_LETTER = re.compile(r"([A-E])\.")
+# The question slot holds LaVIN's whole QCM block: the question, then "\nContext: <hint or N/A>"
+# and "\nOptions: (A) ... (B) ...". 16 tokens reach the answer sentence, which comes first.
+SCIENCEQA_FORMAT = PromptFormat("scienceqa", "Question: {question}\nResponse:", question=None, max_new_tokens=16,
+                                answer="'The answer is <letter>.' then the lecture and solution")
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ def build_prompt(question: str, hint: str, choices: Sequence[str], answer_index:
     # Lecture and solution keep their line breaks as a literal backslash-n, so the target stays
     # one line; both texts then get LaVIN's single-pass "  " -> " " and strip().
     lecture, solution = lecture.replace("\n", "\\n"), solution.replace("\n", "\\n")
-    prompt = f"Question: {question}\nContext: {context}\nOptions: {options}\nResponse:"
+    prompt = SCIENCEQA_FORMAT.fill(f"{question}\nContext: {context}\nOptions: {options}")
     target = f"The answer is {LETTERS[answer_index]}. BECAUSE: {lecture} {solution}"
     prompt, target = prompt.replace("  ", " ").strip(), target.replace("  ", " ").strip()
     if target.endswith("BECAUSE:"):  # no lecture and no solution: nothing to explain

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eas.data.metrics import bleu1, contains_answer, exact_match, task_scores, token_f1
+from eas.data.prompt import PromptFormat
 from eas.errors import DataError
 from eas.io.files import read_json
 
@@ -21,6 +22,8 @@ SPLIT_FILES = {"train": "train.json", "validate": "validate.json", "val": "valid
                "test": "test.json"}
 ANSWER_TYPES = ("OPEN", "CLOSED")
 _REQUIRED = ("img_name", "question", "answer", "q_lang", "answer_type")
+SLAKE_FORMAT = PromptFormat("slake", "Question: {question}\nResponse:", question=None, max_new_tokens=10,
+                            answer="a short answer: a word or phrase, yes/no for closed questions")
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class SlakeExample:
 
     @property
     def prompt(self) -> str:
-        return f"Question: {self.question}\nResponse:"
+        return SLAKE_FORMAT.fill(self.question)
 
 
 def load_slake(root: str | Path, split: str = "test", lang: str | None = "en",

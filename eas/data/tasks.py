@@ -1,6 +1,7 @@
-"""Tuning tasks: each data set as train / val / test example lists, its scorer and decode budget.
+"""Tuning tasks: each data set as train / val / test example lists, its scorer and prompt format.
 
-Every example record carries `image` (a path or None), `prompt` and `target` (eas/data). The val
+Every example record carries `image` (a path or None), `prompt` (built from the task's
+eas.data.prompt.PromptFormat, which also holds the decode budget) and `target` (eas/data). The val
 part is what the search reward reads; the test part is never seen by search or tuning.
 """
 from __future__ import annotations
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from eas.data.aid import paper_split, scan_aid, score_aid
-from eas.data.scienceqa import load_scienceqa, score_scienceqa
-from eas.data.slake import load_slake, score_slake
+from eas.data.aid import AID_FORMAT, paper_split, scan_aid, score_aid
+from eas.data.prompt import PromptFormat
+from eas.data.scienceqa import SCIENCEQA_FORMAT, load_scienceqa, score_scienceqa
+from eas.data.slake import SLAKE_FORMAT, load_slake, score_slake
 from eas.data.synthetic_aid import ensure_synthetic_aid
 from eas.errors import DataError, ImageError
 from eas.model.image import load_image
@@ -28,7 +30,7 @@ class TaskData:
     val: list
     test: list
     score: Callable[[Sequence[str], Sequence], dict]  # -> eas.data.metrics.task_scores shape
-    max_new_tokens: int
+    prompt_format: PromptFormat  # every example's prompt fills its template; merged.pt records it
     synthetic: bool = False
     source: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -49,10 +51,9 @@ def load_task(name: str, data_root: str | None, *, cache_dir: str | Path, settin
         raise DataError(f"--task {name} needs --data-root (only AID has a synthetic stand-in)")
     if name == "scienceqa":
         parts = [load_scienceqa(data_root, split) for split in ("train", "val", "test")]
-        # The answer sentence comes first in the QCM->ALE target; 16 tokens reach it.
-        return TaskData(name, *parts, score=score_scienceqa, max_new_tokens=16, source=str(data_root))
+        return TaskData(name, *parts, score=score_scienceqa, prompt_format=SCIENCEQA_FORMAT, source=str(data_root))
     parts = [load_slake(data_root, split) for split in ("train", "validate", "test")]
-    return TaskData(name, *parts, score=score_slake, max_new_tokens=10, source=str(data_root))
+    return TaskData(name, *parts, score=score_slake, prompt_format=SLAKE_FORMAT, source=str(data_root))
 
 
 def _aid(data_root, cache_dir, setting, seed, image_size, per_class, val_fraction) -> TaskData:
@@ -65,7 +66,7 @@ def _aid(data_root, cache_dir, setting, seed, image_size, per_class, val_fractio
         root = Path(data_root)
     scan = scan_aid(root)
     split = paper_split(scan.examples, setting, seed=seed, val_fraction=val_fraction)
-    return TaskData("aid", split.train, split.val, split.test, score=score_aid, max_new_tokens=10,
+    return TaskData("aid", split.train, split.val, split.test, score=score_aid, prompt_format=AID_FORMAT,
                     synthetic=synthetic or scan.synthetic, source=str(root), warnings=list(scan.warnings))
 
 

@@ -1,4 +1,4 @@
-"""merged.pt: a self-describing merged checkpoint (config, skip list, mode, no adapter keys)."""
+"""merged.pt: a self-describing merged checkpoint (config, skip list, mode, prompt format, no adapter keys)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +8,7 @@ import torch
 
 from eas.adapters.attach import llama_of
 from eas.adapters.merge import build_merged
+from eas.data.prompt import PromptFormat
 from eas.errors import CheckpointError
 from eas.io.checkpoint import load_state_strict
 from eas.io.files import atomic_write
@@ -15,12 +16,16 @@ from eas.model.config import LavinConfig, LlamaConfig, LlavaConfig
 
 FORMAT = "eas-merged"
 # 3: no_attention / no_ffn replace skip_layers / skip_ffn_layers in the config; merged layer names.
-VERSION = 3
+# 4: the task's prompt format (template, own question, decode budget), which generation applies.
+VERSION = 4
 
 
-def save_merged(model, path, tokenizer: str | None = None, dtype: torch.dtype | None = None) -> None:
-    """Write the output of eas.adapters.merge.merge() with everything needed to rebuild it.
+def save_merged(model, path, prompt_format: PromptFormat, tokenizer: str | None = None,
+                dtype: torch.dtype | None = None) -> None:
+    """Write the output of eas.adapters.merge.merge() with everything needed to rebuild it and to
+    ask it what it was tuned to answer.
 
+    prompt_format: the format of the task the model was tuned on (eas.data.tasks.TaskData).
     tokenizer: path of the tokenizer.model, absolute or relative to the folder of `path`.
     dtype: store floating tensors in this dtype (default: as they are)."""
     info = getattr(model, "merge_info", None)
@@ -31,7 +36,7 @@ def save_merged(model, path, tokenizer: str | None = None, dtype: torch.dtype | 
              for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "kind": type(model.cfg).__name__,
                "config": dataclasses.asdict(model.cfg), "no_attention": list(cfg.no_attention),
-               "no_ffn": list(cfg.no_ffn), "merge": info, "tokenizer": tokenizer, "state_dict": state}
+               "no_ffn": list(cfg.no_ffn), "merge": info, "tokenizer": tokenizer, "prompt_format": prompt_format.to_json(), "state_dict": state}
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
@@ -65,11 +70,13 @@ def load_merged(path, device="cpu", dtype: torch.dtype | None = None):
         raise CheckpointError(f"{path}: unknown model kind {ckpt.get('kind')!r}; expected one of {sorted(kinds)}")
     try:
         model = build_merged(kinds[ckpt["kind"]](**ckpt["config"]), ckpt["merge"])
+        prompt_format = PromptFormat.from_json(ckpt.get("prompt_format"), str(path))
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: bad config or merge record: {e}") from e
+        raise CheckpointError(f"{path}: bad config, merge record or prompt format: {e}") from e
     load_state_strict(model, ckpt["state_dict"], str(path), dtype, keep_dtype=dtype is None)
     llama_of(model).init_buffers(torch.device(device))
     ref = ckpt["tokenizer"]
     # A relative reference names a file next to merged.pt, so a run folder can be moved whole.
     model.tokenizer_ref = ref if ref is None or os.path.isabs(ref) else os.path.join(os.path.dirname(path), ref)
+    model.prompt_format = prompt_format
     return model.eval()

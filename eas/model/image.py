@@ -29,13 +29,24 @@ def open_image(path: str | Path) -> Image.Image:
         raise ImageError(f"cannot read image {path}: {e}") from e
 
 
-def preprocess(image: Image.Image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """PIL image -> float32 [3, size, size], normalised with `mean`/`std` (LaVIN: ImageNet's)."""
+PIXEL_DIVISOR = 255  # 8-bit values to [0, 1]; a division, as torchvision's ToTensor (a multiply by float32(1/255) differs)
+
+
+def pixel_array(image: Image.Image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                divisor: float = PIXEL_DIVISOR) -> np.ndarray:
+    """PIL image -> float32 numpy [3, size, size]: the one implementation of the preprocessing, which
+    the export runtime (export/runtime.py) calls with the manifest's numbers."""
     # Resize even when already square: PIL's bicubic filter with antialiasing is what LaVIN's
     # torchvision Resize runs on PIL inputs, so the pixels match its pipeline.
     rgb = image.convert("RGB").resize((size, size), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    x = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / np.float32(divisor)
+    mean, std = (np.asarray(v, dtype=np.float32)[:, None, None] for v in (mean, std))
+    return (x - mean) / std
+
+
+def preprocess(image: Image.Image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """PIL image -> float32 [3, size, size], normalised with `mean`/`std` (LaVIN: ImageNet's)."""
+    return torch.from_numpy(pixel_array(image, size, mean, std))
 
 
 def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:

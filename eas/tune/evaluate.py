@@ -40,7 +40,8 @@ def evaluate(s: Session, ckpt: Checkpointer) -> dict:
         examples, predictions[name] = predict(s, net, test, name)
         results[name] = {**s.task.score(predictions[name], examples), "seconds": round(time.monotonic() - t, 2)}
     s.folder.copy_in(s.tok_path, "tokenizer.model")
-    save_merged(forms[cfg.merge], s.folder.path / "merged.pt", tokenizer="tokenizer.model", dtype=s.merged_dtype)
+    save_merged(forms[cfg.merge], s.folder.path / "merged.pt", s.task.prompt_format, tokenizer="tokenizer.model",
+                dtype=s.merged_dtype)
     s.folder.save("adapters.pt", {"adapters": trainable_state_dict(model), "skip_layers": list(skip),
                                   "config": dataclasses.asdict(cfg)})
     s.folder.write_text("predictions.jsonl", "".join(
@@ -79,7 +80,7 @@ def predict(s: Session, net, examples, name: str) -> tuple[list, list[str]]:
         batch = net.build_batch(s.tok, [(e.prompt, None, e.image is not None) for e in part]).to(s.device)
         with autocast_context(s.device, s.dtype):
             tokens = net.generate(batch, None if pixels is None else pixels.to(s.device),
-                                  s.task.max_new_tokens, eos_id=s.tok.eos_id)
+                                  s.task.prompt_format.max_new_tokens, eos_id=s.tok.eos_id)
         kept += part
         out += [s.tok.decode(t) for t in tokens]
     return kept, out

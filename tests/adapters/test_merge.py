@@ -10,6 +10,7 @@ from eas.adapters.calibrate import calibrate_routes, clear_routes
 from eas.adapters.merge import merge
 from eas.io.merged import load_merged, save_merged
 from eas.adapters.pia import PIA
+from eas.data.aid import AID_FORMAT
 from eas.errors import CheckpointError
 from eas.model.state import kv_bytes
 from helpers import random_gains, rel_err
@@ -161,14 +162,19 @@ def test_merge_of_a_merged_model_is_a_copy_and_merged_pt_roundtrips(gen, tmp_pat
     assert again is not once
     emb, pos, vis = prompt_batch(model, [6, 3], gen)
     assert torch.equal(greedy(again, emb, pos, vis, 4)[0], greedy(once, emb, pos, vis, 4)[0])
-    save_merged(once, tmp_path / "merged.pt", tokenizer="tokenizer.model")
+    save_merged(once, tmp_path / "merged.pt", AID_FORMAT, tokenizer="tokenizer.model")
     loaded = load_merged(tmp_path / "merged.pt")
     assert torch.equal(greedy(loaded, emb, pos, vis, 4)[0], greedy(once, emb, pos, vis, 4)[0])
     assert loaded.cfg.no_attention == SKIP and loaded.tokenizer_ref == str(tmp_path / "tokenizer.model")
+    assert loaded.prompt_format == AID_FORMAT
     old = torch.load(tmp_path / "merged.pt", weights_only=True)
-    torch.save({**old, "version": 2}, tmp_path / "old.pt")
-    with pytest.raises(ValueError, match="version 2; this code reads version 3"):
+    # version 3 had no prompt format: refused with the way to re-merge, not read without one
+    torch.save({k: v for k, v in {**old, "version": 3}.items() if k != "prompt_format"}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="version 3; this code reads version 4: re-merge it .* --resume"):
         load_merged(tmp_path / "old.pt")
+    torch.save({**old, "prompt_format": {**AID_FORMAT.to_json(), "template": "no slot"}}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad.pt: .*prompt format.*must hold \{question\} exactly once"):
+        load_merged(tmp_path / "bad.pt")
     (tmp_path / "junk.pt").write_bytes(bytes(range(256)) * 4)
     with pytest.raises(CheckpointError, match="junk.pt"):
         load_merged(tmp_path / "junk.pt")
@@ -176,7 +182,7 @@ def test_merge_of_a_merged_model_is_a_copy_and_merged_pt_roundtrips(gen, tmp_pat
 
 def test_merged_pt_stores_the_requested_dtype(gen, tmp_path):
     merged = merge(eas_model(gen), "dynamic")
-    save_merged(merged, tmp_path / "m.pt", dtype=torch.float16)
+    save_merged(merged, tmp_path / "m.pt", AID_FORMAT, dtype=torch.float16)
     loaded = load_merged(tmp_path / "m.pt")
     assert {p.dtype for p in loaded.parameters()} == {torch.float16}
     assert torch.equal(loaded.layers[0].attention.wq.weight, merged.layers[0].attention.wq.weight.half())
@@ -264,7 +270,7 @@ def test_ffn_and_layer_units_merge_to_smaller_models(unit, absent_attention, abs
     full_kv = kv_bytes(model.new_state(2, 16))
     n = model.cfg.n_layers
     assert kv_bytes(merged.new_state(2, 16)) * n == full_kv * (n - len(absent_attention))
-    save_merged(merged, tmp_path / "merged.pt")
+    save_merged(merged, tmp_path / "merged.pt", AID_FORMAT)
     loaded = load_merged(tmp_path / "merged.pt")
     emb, pos, vis = prompt_batch(model, [5, 9], gen)
     assert torch.equal(greedy(loaded, emb, pos, vis, 4)[0], greedy(merged, emb, pos, vis, 4)[0])

@@ -10,6 +10,7 @@ from eas.model.lavin import Lavin
 from eas.adapters.merge import merge
 from eas.io.merged import load_merged, save_merged
 from eas.adapters.pia import PIA
+from eas.data.aid import AID_FORMAT
 from helpers import TOKENIZER_VOCAB, rel_err
 
 CFG = LavinConfig(llama=LlamaConfig.named("test", vocab_size=TOKENIZER_VOCAB), vision=VisionConfig.named("test"))
@@ -57,7 +58,7 @@ def test_lavin_merge_matches_unmerged(mode, eas_lavin, tok, tmp_path):
     assert rel_err(out, ref) < 1e-5
     assert not any(isinstance(m, PIA) for m in merged.modules())
     assert all(merged.llama.layers[i].attention is None for i in (0, 2))
-    save_merged(merged, tmp_path / "merged.pt", tokenizer="weights/tiny/tokenizer.model")
+    save_merged(merged, tmp_path / "merged.pt", AID_FORMAT, tokenizer="weights/tiny/tokenizer.model")
     loaded = load_merged(tmp_path / "merged.pt")
     assert torch.equal(logits_and_tokens(loaded, batch, pixels)[0], out)
     assert loaded.merge_info["mode"] == mode and loaded.tokenizer_ref == str(tmp_path / "weights/tiny/tokenizer.model")

@@ -14,12 +14,12 @@ from eas.adapters.attach import EASConfig, add_adapters
 from eas.adapters.calibrate import calibrate_routes
 from eas.adapters.merge import merge
 from eas.adapters.pia import PIA
+from eas.data.aid import AID_FORMAT
 from eas.io.merged import save_merged
 from eas.model.config import LavinConfig, LlamaConfig, VisionConfig
 from eas.model.lavin import Lavin
 from eas.model.llama import Llama
-from eas.model.tokenizer import Tokenizer, train_tokenizer
-from helpers import encode_prompts
+from eas.model.tokenizer import Tokenizer, left_pad, train_tokenizer
 
 VOCAB = 400
 SKIP = (0, 2)
@@ -29,6 +29,11 @@ PROMPTS = [("What is the label for this image?\nResponse:", True), ("Hi there", 
 def make_tokenizer(folder: Path) -> Tokenizer:
     corpus = list(pydoc_data.topics.topics.values())[:8]
     return train_tokenizer(corpus, folder / "tokenizer.model", vocab_size=VOCAB)
+
+
+def encode_batch(tok: Tokenizer, prompts: list[str]):
+    """Text-only prompts -> left-padded (tokens, positions, key_mask), as run.py's text-only path builds them."""
+    return left_pad([tok.encode(p, bos=True, eos=False) for p in prompts], tok.pad_id)
 
 
 def pixels(n: int, size: int, seed: int = 1) -> torch.Tensor:
@@ -53,11 +58,11 @@ def make_merged(folder: Path, tok: Tokenizer, kind: str, mode: str, seed: int = 
             batch = model.build_batch(tok, [(p, None, img) for p, img in PROMPTS])
             calibrate_routes(model, [(batch, pixels(3, model.cfg.vision.image_size))], forward=lambda m, b: m(*b))
         else:
-            tokens, positions, mask = encode_prompts(tok, [p for p, _ in PROMPTS])
+            tokens, positions, mask = encode_batch(tok, [p for p, _ in PROMPTS])
             calibrate_routes(model, [(model.tok_embeddings(tokens), positions, mask, mask)])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "merged.pt"
-    save_merged(merge(model, mode), path, tokenizer="../tokenizer.model")
+    save_merged(merge(model, mode), path, AID_FORMAT, tokenizer="../tokenizer.model")
     return path
 
 

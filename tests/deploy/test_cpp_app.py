@@ -44,12 +44,13 @@ def run(app: Path, program: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(app / program), *args], capture_output=True, timeout=120)
 
 
-CASES = [  # (kind, mode, prompt, image)
-    ("lavin", "dynamic", "What is the label for this image?", CHINA),
-    ("lavin", "dynamic", "Question: Name the scene.\nResponse:", COFFEE),
-    ("lavin", "dynamic", "Tell me a story about the sea and a boat.", None),
-    ("text", "static", "Hi there", None),
-    ("text", "static", "Question: what is 2 + 2?\nResponse:", None),
+CASES = [  # (kind, mode, prompt, image, raw): the prompt goes into the manifest's template unless raw
+    ("lavin", "dynamic", "What is the label for this image?", CHINA, False),
+    ("lavin", "dynamic", None, COFFEE, False),  # the task's own question
+    ("lavin", "dynamic", "Question: Name the scene.\nResponse:", COFFEE, True),
+    ("lavin", "dynamic", "Tell me a story about {the sea} and a boat.", None, False),
+    ("text", "static", "Hi there", None, True),
+    ("text", "static", "what is 2 + 2?", None, False),
 ]
 
 
@@ -62,22 +63,24 @@ def fp16_export(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("kind,mode,prompt,image", CASES)
-def test_answer_equals_python_runtime(app, kind, mode, prompt, image):
-    check_answer(app, exported(kind, mode), prompt, image)
+@pytest.mark.parametrize("kind,mode,prompt,image,raw", CASES)
+def test_answer_equals_python_runtime(app, kind, mode, prompt, image, raw):
+    check_answer(app, exported(kind, mode), prompt, image, raw)
 
 
 @pytest.mark.parametrize("image", [CHINA, None])
 def test_fp16_answer_equals_python_runtime(app, fp16_export, image):
-    check_answer(app, fp16_export, "What is the label for this image?", image)
+    check_answer(app, fp16_export, "What is the label for this image?", image, False)
 
 
-def check_answer(app: Path, folder: Path, prompt: str, image: Path | None) -> None:
+def check_answer(app: Path, folder: Path, prompt: str | None, image: Path | None, raw: bool) -> None:
     python = OrtRuntime(folder)
-    want = python.generate([prompt], [Image.open(image) if image else None], STEPS)[0]
+    text = python.prompt_format.prompt(prompt, raw)
+    want = python.generate([text], [Image.open(image) if image else None], STEPS)[0]
     assert want, "the test model answered nothing: an empty comparison proves nothing"
     image_args = ["--image", str(image)] if image else []
-    args = ["--engine", str(folder), "--prompt", prompt, "--max-new-tokens", str(STEPS), *image_args]
+    ask = (["--prompt", prompt] if prompt is not None else []) + (["--raw"] if raw else [])
+    args = ["--engine", str(folder), *ask, "--max-new-tokens", str(STEPS), *image_args]
     ids = run(app, "eas_generate", *args, "--ids")
     assert ids.returncode == 0, ids.stderr.decode()
     assert [int(t) for t in ids.stdout.split()] == want
@@ -154,6 +157,17 @@ def test_errors_for_a_manifest_that_does_not_fit(app, tmp_path):
     renamed = broken_copy(tmp_path / "b", lambda text: text.replace('"present.k.1"', '"present.k.9"'))
     message = error_of(run(app, "eas_generate", "--engine", str(renamed), "--prompt", "Hi"))
     assert "manifest.json does not match" in message and "present.k.9" in message
+    no_slot = broken_copy(tmp_path / "c", lambda text: text.replace("{question}", "{q}"))
+    assert "key prompt.format.template must hold {question} exactly once" in error_of(
+        run(app, "eas_generate", "--engine", str(no_slot), "--prompt", "Hi"))
+
+
+def test_a_task_without_its_own_question_needs_a_prompt(app, tmp_path):
+    sqa = broken_copy(tmp_path, lambda text: text.replace('"question": "What is the label for this image?"',
+                                                          '"question": null').replace('"task": "aid"', '"task": "slake"'))
+    assert "tuned on slake, which has no question of its own: pass --prompt" in error_of(
+        run(app, "eas_generate", "--engine", str(sqa)))
+    assert "--raw sends --prompt untouched" in error_of(run(app, "eas_generate", "--engine", str(sqa), "--raw"))
 
 
 def test_errors_for_requests_the_export_cannot_serve(app):

@@ -110,7 +110,7 @@ def bad_inputs(tmp_path_factory):
     good = make_merged(root / "good", tok, "text", "static")
     ckpt = torch.load(good, weights_only=True)
     files = {"good": good}
-    for name, change in [("old_version", {"version": 2}), ("other_kind", {"kind": "ResNetConfig"}),
+    for name, change in [("old_version", {"version": 3}), ("other_kind", {"kind": "ResNetConfig"}),
                          ("no_tokenizer", {"tokenizer": "../nowhere/tokenizer.model"})]:
         files[name] = root / f"{name}.pt"
         torch.save({**ckpt, **change}, files[name])
@@ -122,7 +122,7 @@ def bad_inputs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case,args,message", [
-    ("old_version", [], "is merged.pt version 2; this code reads version 3"),
+    ("old_version", [], "is merged.pt version 3; this code reads version 4"),
     ("other_kind", [], "unknown model kind 'ResNetConfig'"),
     ("unmerged", [], "is not an EAS merged checkpoint"),
     ("random_bytes", [], "is not a PyTorch checkpoint file"),

@@ -11,14 +11,13 @@ from sklearn.datasets import load_sample_image
 from eas.errors import UsageError
 from eas.io.merged import load_merged
 from eas.model.generate import generate
-from eas.model.image import preprocess
+from eas.model.image import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from eas.model.lavin import build_batch
 from eas.model.tokenizer import Tokenizer
 from export.layout import build_layout
 from export.ort_runtime import OrtRuntime
 from export.runtime import preprocess as manifest_preprocess
-from export_fixtures import exported
-from helpers import encode_prompts
+from export_fixtures import encode_batch, exported
 
 PHOTOS = [Image.fromarray(load_sample_image(name)) for name in ("china.jpg", "flower.jpg")]
 BATCH_1 = [("What is the label for this image?", 0)]
@@ -30,7 +29,7 @@ STEPS = 32
 @torch.no_grad()
 def pytorch_tokens(model, tok, prompts, images):
     if images is None:
-        tokens, positions, mask = encode_prompts(tok, prompts)
+        tokens, positions, mask = encode_batch(tok, prompts)
         return generate(model, model.tok_embeddings(tokens), positions, mask, STEPS, eos_id=tok.eos_id)
     batch = model.build_batch(tok, [(p, None, im is not None) for p, im in zip(prompts, images)])
     size = model.cfg.vision.image_size
@@ -65,12 +64,12 @@ def test_layout_from_the_manifest_equals_build_batch():
         np.testing.assert_array_equal(got[name], getattr(ref, name).numpy(), err_msg=name)
 
 
-def test_text_layout_from_the_manifest_equals_left_padded_prompts():
+def test_text_layout_from_the_manifest_equals_left_pad():
     folder = exported("text", "static")
     manifest = json.loads((folder / "manifest.json").read_text())
     tok = Tokenizer(folder / "tokenizer.model")
     prompts = [p for p, _ in BATCH_3]
-    tokens, positions, mask = encode_prompts(tok, prompts)
+    tokens, positions, mask = encode_batch(tok, prompts)
     got = build_layout(manifest["sequence"], [tok.encode(p, bos=False, eos=False) for p in prompts], [False] * 3)
     for name, ref in (("tokens", tokens), ("positions", positions), ("key_mask", mask), ("prompt_mask", mask)):
         np.testing.assert_array_equal(got[name], ref.numpy(), err_msg=name)
@@ -78,11 +77,22 @@ def test_text_layout_from_the_manifest_equals_left_padded_prompts():
         build_layout(manifest["sequence"], [[5]], [True])
 
 
-def test_preprocessing_from_the_manifest_equals_the_model_code():
+def torchvision_style(image: Image.Image, size: int) -> np.ndarray:
+    """LaVIN's transform written out as torchvision runs it on a PIL image: Resize (PIL bicubic), ToTensor
+    (uint8 -> float, div(255)), Normalize (sub_(mean).div_(std)), all in float32 torch ops."""
+    rgb = torch.from_numpy(np.array(image.convert("RGB").resize((size, size), Image.BICUBIC)))
+    x = rgb.permute(2, 0, 1).float().div(255)
+    return x.sub_(torch.tensor(IMAGENET_MEAN)[:, None, None]).div_(torch.tensor(IMAGENET_STD)[:, None, None]).numpy()
+
+
+def test_preprocessing_from_the_manifest_equals_the_model_code_bit_for_bit():
     manifest = json.loads((exported("lavin", "static") / "manifest.json").read_text())
-    for photo in PHOTOS:
-        ref = preprocess(photo, manifest["image"]["size"]).numpy()
-        np.testing.assert_allclose(manifest_preprocess(photo, manifest["image"]), ref, rtol=0, atol=1e-6)
+    gray = PHOTOS[0].convert("L").resize((50, 31))
+    for photo in (*PHOTOS, gray):
+        for size in (manifest["image"]["size"], 7, 224):
+            want = torchvision_style(photo, size)
+            np.testing.assert_array_equal(manifest_preprocess(photo, {**manifest["image"], "size": size}), want)
+            np.testing.assert_array_equal(preprocess(photo, size).numpy(), want)
 
 
 def test_limits_of_the_export_are_refused():

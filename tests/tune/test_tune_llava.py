@@ -58,3 +58,16 @@ def test_llava_arch_end_to_end(base, tmp_path):
     examples, pixels = load_pixels(split.test[:8], merged.cfg.vision.image_size, [], pixel_loader(merged.cfg))
     batch = merged.build_batch(tok, [(e.prompt, None, True) for e in examples])
     assert [tok.decode(t) for t in merged.generate(batch, pixels, 10, eos_id=tok.eos_id)] == [r["static"] for r in rows[:8]]
+
+
+def test_generate_answers_with_a_tuned_llava_merged_pt(base, tmp_path, capsys):
+    """run.py generate on a LLaVA merged.pt: LLaVA pixels, the vicuna_v1 wrapping of the task's own
+    question, the same answers the tuning run recorded for its static form."""
+    import run
+    out = tmp_path / "run"
+    tune(TuneConfig(base=str(base), cache_dir=str(tmp_path / "cache"), out=str(out), arch="llava",
+                    **{**SMALL, "max_test": 4}))
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+    assert run.main(["generate", "--model", str(out / "merged.pt"), "--image", *[r["image"] for r in rows]]) == 0
+    assert capsys.readouterr().out.splitlines() == [r["static"] for r in rows]

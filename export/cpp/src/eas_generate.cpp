@@ -1,5 +1,6 @@
 // eas_generate: answer a prompt, optionally about an image, with an export folder written by
-// `python export/to_trt.py merged.pt`. Prints the answer (or its token ids with --ids).
+// `python export/to_trt.py merged.pt`, asking in the tuned task's prompt template. Prints the answer
+// (or its token ids with --ids).
 #include <iostream>
 
 #include "cli.h"
@@ -9,28 +10,33 @@
 #include "layout.h"
 #include "manifest.h"
 #include "preprocess.h"
+#include "prompt.h"
 #include "runtime.h"
 #include "tokenizer.h"
 
 namespace {
 
 constexpr const char* kUsage =
-    "usage: eas_generate --engine DIR --prompt TEXT [--image IMG] [--backend ort|trt] [--max-new-tokens N] [--ids]\n"
+    "usage: eas_generate --engine DIR [--prompt TEXT] [--raw] [--image IMG] [--backend ort|trt] [--max-new-tokens N] [--ids]\n"
     "  --engine DIR          export folder (manifest.json, graphs or engines, tokenizer.model)\n"
-    "  --prompt TEXT         sent as is: the model's own prompt template is not applied\n"
+    "  --prompt TEXT         the question, wrapped in the tuned task's prompt template (manifest: prompt.format);\n"
+    "                        default: the task's own question (e.g. AID's)\n"
+    "  --raw                 send --prompt as typed, without the template\n"
     "  --image IMG           JPEG or PNG (LaVIN-style models only)\n"
     "  --backend ort|trt     ONNX Runtime on the CPU (default) or TensorRT engines on the GPU\n"
-    "  --max-new-tokens N    most tokens to generate (default 32)\n"
+    "  --max-new-tokens N    most tokens to generate (default: the task's answer budget)\n"
     "  --ids                 print the generated token ids instead of the text";
 
 int generate_main(int argc, char** argv) {
     using namespace eas;
     const Flags flags = parse_flags(argc, argv, {"--engine", "--prompt", "--image", "--backend", "--max-new-tokens"},
-                                    {"--ids"});
+                                    {"--ids", "--raw"});
     const std::string folder = flags.required("--engine");
-    const std::string prompt = flags.required("--prompt");
-    const int max_new_tokens = flags.integer("--max-new-tokens", 32, 0);
     const Manifest manifest = load_manifest(folder);
+    const std::optional<std::string> question =
+        flags.has("--prompt") ? std::optional<std::string>(flags.get("--prompt", "")) : std::nullopt;
+    const std::string prompt = prompt_text(manifest.prompt, question, flags.switches.count("--raw") > 0);
+    const int max_new_tokens = flags.integer("--max-new-tokens", manifest.prompt.max_new_tokens, 0);
     if (flags.has("--image") && !manifest.sequence.lavin)
         throw InputError("--image: the model in " + folder + " is text-only (its manifest has no image section)");
     const Tokenizer tokenizer(manifest.file_path(manifest.tokenizer_file));

@@ -12,7 +12,7 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kFormat = "eas-export";
-constexpr int kVersion = 1;
+constexpr int kVersion = 2;
 
 // Looks keys up by dotted path and names the file and the key in every error.
 class Reader {
@@ -109,13 +109,26 @@ SequenceSpec read_sequence(const Reader& r) {
 ImageSpec read_image(const Reader& r) {
     ImageSpec s;
     s.size = r.get<int>("image.size", "an integer");
-    s.scale = r.get<double>("image.scale", "a number");
+    s.divisor = r.get<float>("image.divisor", "a number");
     s.mean = r.get<std::array<float, 3>>("image.mean", "3 numbers");
     s.std = r.get<std::array<float, 3>>("image.std", "3 numbers");
-    if (s.size < 1 || s.scale <= 0) r.fail("image", "has a size or scale that is not positive");
+    if (s.size < 1 || !(s.divisor > 0)) r.fail("image", "has a size or divisor that is not positive");
     for (float v : s.std)
         if (!(v > 0)) r.fail("image.std", "has a value that is not positive");
     return s;
+}
+
+PromptFormat read_prompt(const Reader& r) {
+    PromptFormat p;
+    p.task = r.get<std::string>("prompt.format.task", "a string");
+    p.templ = r.get<std::string>("prompt.format.template", "a string");
+    const size_t slot = p.templ.find("{question}");
+    if (slot == std::string::npos || p.templ.find("{question}", slot + 1) != std::string::npos)
+        r.fail("prompt.format.template", "must hold {question} exactly once");
+    if (r.has("prompt.format.question")) p.question = r.get<std::string>("prompt.format.question", "a string or null");
+    p.max_new_tokens = r.get<int>("prompt.format.max_new_tokens", "an integer");
+    if (p.max_new_tokens < 1) r.fail("prompt.format.max_new_tokens", "is not positive");
+    return p;
 }
 
 json parse_file(const std::string& path) {
@@ -175,6 +188,7 @@ Manifest load_manifest(const std::string& folder) {
     m.tokenizer_file = r.get<std::string>("tokenizer.file", "a file name");
     m.eos_id = r.get<int64_t>("tokenizer.eos_id", "an integer");
     m.sequence = read_sequence(r);
+    m.prompt = read_prompt(r);
     if (r.has("image")) m.image = read_image(r);
     if (m.sequence.lavin && (!m.image || !m.graphs.count("vision")))
         r.fail("image", "is missing for a LaVIN-style model (no image section or no vision graph)");

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "prompt.h"
 #include "tensor.h"
 
 namespace eas {
@@ -40,7 +41,7 @@ struct SequenceSpec {
 
 struct ImageSpec {
     int size = 0;
-    double scale = 0;
+    float divisor = 0;  // pixel / divisor - mean, then / std: each a float32 step
     std::array<float, 3> mean{}, std{};
 };
 
@@ -53,6 +54,7 @@ struct Manifest {
     std::string tokenizer_file;
     int64_t eos_id = 2;
     SequenceSpec sequence;
+    PromptFormat prompt;
     std::optional<ImageSpec> image;  // absent for a text-only model
     std::string engine_builder;                   // e.g. "tensorrt 10.x" or "tensorrt_rtx 1.x"; empty without engines
     std::map<std::string, std::string> engines;   // graph -> engine file
