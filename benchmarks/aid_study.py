@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eas.errors import EASError, RunFolderError, UsageError  # noqa: E402
+from eas.errors import RunFolderError, UsageError, exit_status  # noqa: E402
 from eas.io.files import read_json, write_text_atomic  # noqa: E402
 from eas.tune.config import TuneConfig  # noqa: E402
 from eas.tune.pipeline import tune  # noqa: E402
@@ -51,15 +51,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="reuse finished runs, continue interrupted ones")
     args = ap.parse_args(argv)
-    try:
-        study(args)
-    except EASError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(study, args)
 
 
 def study(args) -> None:
+    if not args.out.parent.is_dir():
+        raise UsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
     common = {"data_root": args.data_root, "seed": args.seed}
     base = run("skip0", args.runs, args.resume, skip=0, **common)
     studies = {}

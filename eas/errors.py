@@ -4,6 +4,8 @@ Each message names the file, key, flag or value at fault and what was expected.
 """
 from __future__ import annotations
 
+import sys
+
 
 class EASError(Exception):
     """Bad input the user can fix: never shown as a traceback."""
@@ -31,3 +33,14 @@ class TokenizerError(EASError, ValueError):
 
 class RunFolderError(EASError, OSError):
     """The run folder (--out) cannot be created, written or resumed."""
+
+
+def exit_status(action, *args) -> int:
+    """A command-line entry point's status: 0 when `action(*args)` succeeds; 2 after printing an
+    EASError as one line `error: ...` on stderr (its whitespace folded, so nothing wraps)."""
+    try:
+        action(*args)
+    except EASError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0

@@ -26,7 +26,8 @@ def _cast(g, x, to: int, dtype: int):
 def scaled_dot_product_attention(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                  scale=None, enable_gqa=False):
     if not symbolic_helper._is_none(scale) or symbolic_helper._maybe_get_const(is_causal, "b"):
-        raise NotImplementedError("our models call SDPA without scale and is_causal; extend this translation first")
+        raise ValueError("this ONNX translation of scaled_dot_product_attention takes no scale and no is_causal "
+                         "(the models pass a boolean mask instead); a model calling it otherwise cannot export")
     dtype = query.type().scalarType()
     onnx_dtype = {"Float": FLOAT, "Half": 10, "BFloat16": 16}[dtype]
     # 1/sqrt(D) from the graph's own shape (the tracer does not know D), computed in fp32

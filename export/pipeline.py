@@ -18,7 +18,7 @@ import torch
 from eas.adapters.attach import llama_of
 from eas.errors import TokenizerError, UsageError
 from eas.io.merged import load_merged
-from eas.model import tokenizer as tokenizer_module
+from eas.model.tokenizer import Tokenizer
 from export.manifest import FORMAT, TOKENIZER_FILE, build_manifest
 from export.onnx_export import export_graph, graph_specs
 from export.trt_build import INSTALL_HINT, build_engines, tensorrt_module
@@ -40,13 +40,13 @@ def check_args(dtype: str, max_batch: int, max_seq: int) -> None:
         raise UsageError(f"--max-seq must be at least 2 (a prompt slot and a generated one), got {max_seq}")
 
 
-def load_tokenizer(model, merged: Path) -> tokenizer_module.Tokenizer:
+def load_tokenizer(model, merged: Path) -> Tokenizer:
     ref = model.tokenizer_ref
     if ref is None:
         raise TokenizerError(f"{merged} names no tokenizer (save_merged(..., tokenizer=...) records one)")
     try:
-        tok = tokenizer_module.Tokenizer(ref)
-    except tokenizer_module.TokenizerError as e:
+        tok = Tokenizer(ref)
+    except TokenizerError as e:  # named again with the merged.pt that refers to it
         raise TokenizerError(f"{merged}: tokenizer: {e}") from e
     vocab = llama_of(model).cfg.vocab_size
     if tok.vocab_size > vocab:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from eas.errors import EASError  # noqa: E402
+from eas.errors import exit_status  # noqa: E402
 from export.pipeline import default_out, export_model  # noqa: E402
 
 
@@ -30,13 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        export_model(args.merged, args.out or default_out(args.merged), args.dtype, args.max_batch,
-                     args.max_seq, args.onnx_only, log=lambda line: print(line, file=sys.stderr))
-    except EASError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(export_model, args.merged, args.out or default_out(args.merged), args.dtype,
+                       args.max_batch, args.max_seq, args.onnx_only, lambda line: print(line, file=sys.stderr))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script without installing eas
 
-from eas.errors import EASError  # noqa: E402
+from eas.errors import exit_status  # noqa: E402
 from eas.io.checkpoint import save_model  # noqa: E402
 from eas.io.files import new_folder  # noqa: E402
 from eas.io.load_llama import detect_format, load_llama  # noqa: E402
@@ -44,12 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dst", type=Path, help="output folder (created; must not hold files)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="stored dtype (default fp16)")
     args = parser.parse_args(argv)
-    try:
-        convert(args.src, args.dst, args.dtype)
-    except EASError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(convert, args.src, args.dst, args.dtype)
 
 
 if __name__ == "__main__":

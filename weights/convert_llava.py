@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a sc
 
 import torch  # noqa: E402
 
-from eas.errors import EASError  # noqa: E402
+from eas.errors import exit_status  # noqa: E402
 from eas.io.checkpoint import save_model  # noqa: E402
 from eas.io.files import new_folder  # noqa: E402
 from eas.io.load_llava import load_llava  # noqa: E402
@@ -42,12 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip", type=Path, help="the CLIP tower of an original release (Hugging Face folder)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="stored dtype (default %(default)s)")
     args = parser.parse_args(argv)
-    try:
-        convert(args.src, args.dst, args.clip, args.dtype)
-    except EASError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(convert, args.src, args.dst, args.clip, args.dtype)
 
 
 if __name__ == "__main__":
