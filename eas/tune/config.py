@@ -49,8 +49,8 @@ class TuneConfig:
     lr: float = 4e-3
     weight_decay: float = 0.02
     lr_warmup_epochs: float = 1.0
-    adapter_dim: int | None = None      # r_a; None: ARCH_DEFAULTS
-    skip_dim: int | None = None         # r_s; None: ARCH_DEFAULTS
+    adapter_dim: int | None = None      # r_a; None: arch_widths
+    skip_dim: int | None = None         # r_s; None: arch_widths
     dropout: float = 0.1
     warm_start: bool = False
     grad_checkpointing: bool = False
@@ -69,13 +69,45 @@ class TuneConfig:
 
 
 ARCHS = ("lavin", "llava")
-# Adapter widths of each recipe: LaVIN-EAS (eas_method.md §1.1) and LLaVA-EAS's AID/Slake scripts (§4.2).
-ARCH_DEFAULTS = {"lavin": {"adapter_dim": 8, "skip_dim": 32}, "llava": {"adapter_dim": 128, "skip_dim": 128}}
+WIDTHS = ("adapter_dim", "skip_dim")
+# LLaVA-EAS's AID/Slake scripts: r_a = r_s = 128 on LLaVA-1.5, whose LLM is 4096 wide (eas_method.md §4.2).
+LLAVA_WIDTH, LLAVA_LLM_DIM = 128, 4096
 
 
-def with_arch_defaults(cfg: TuneConfig, arch: str) -> TuneConfig:
-    """cfg with `arch` and its adapter widths filled in where the flags left them unset."""
-    unset = {k: v for k, v in ARCH_DEFAULTS[arch].items() if getattr(cfg, k) is None}
+def arch_widths(arch: str, llm_dim: int) -> dict[str, int]:
+    """The default adapter widths (r_a, r_s) of `arch` on an LLM `llm_dim` wide: the one home of the rule.
+
+    lavin: LaVIN-EAS's r_a = 8, r_s = 32 (eas_method.md §1.1), at every width.
+    llava: the scripts' 128 on LLaVA-1.5 (7B: 4096 wide, 13B: 5120); an LLM narrower than 4096
+    keeps the scripts' ratio r/dim = 128/4096 = 1/32 instead (an even r >= 2: the up-projection
+    has 2 groups). On the tiny base (dim 256) that is r = 8: the scripts' 128 there trained 710,400
+    parameters, 10 % of the 7 M-parameter LLM (the recipe trains about 0.3 % of a 7B one), and
+    made the default job overrun its 10 minutes; at 8 it trains 156,240, within 0.5 % of what the
+    LaVIN-style default trains on the same base (157,024), so the two wirings are compared at equal
+    trainable capacity.
+    """
+    if arch == "lavin":
+        return {"adapter_dim": 8, "skip_dim": 32}
+    r = LLAVA_WIDTH if llm_dim >= LLAVA_LLM_DIM else max(2, 2 * round(LLAVA_WIDTH * llm_dim / LLAVA_LLM_DIM / 2))
+    return {"adapter_dim": r, "skip_dim": r}
+
+
+def widths_note(arch: str, llm_dim: int, adapter_dim: int, skip_dim: int) -> str:
+    """The widths a run used and where they came from, for its report."""
+    used = f"r_a = {adapter_dim}, r_s = {skip_dim}"
+    if {"adapter_dim": adapter_dim, "skip_dim": skip_dim} != arch_widths(arch, llm_dim):
+        return f"{used} (--adapter-dim/--skip-dim)"
+    if arch == "lavin":
+        return f"{used} (LaVIN-EAS's)"
+    if llm_dim >= LLAVA_LLM_DIM:
+        return f"{used} (LLaVA-EAS scripts')"
+    return (f"{used} (LLaVA-EAS's {LLAVA_WIDTH} x {llm_dim}/{LLAVA_LLM_DIM}: the scripts' r/dim on an LLM "
+            f"narrower than LLaVA-1.5's)")
+
+
+def with_arch_defaults(cfg: TuneConfig, arch: str, llm_dim: int) -> TuneConfig:
+    """cfg with `arch` and its adapter widths (arch_widths) filled in where the flags left them unset."""
+    unset = {k: v for k, v in arch_widths(arch, llm_dim).items() if getattr(cfg, k) is None}
     return dataclasses.replace(cfg, arch=arch, **unset)
 
 
@@ -101,7 +133,7 @@ def validate(cfg: TuneConfig) -> None:
         _require(value in options, name, value, "one of " + ", ".join(o for o in options if o))
     for name in COUNTS:
         value = getattr(cfg, name)
-        if value is None and name in ARCH_DEFAULTS["lavin"]:
+        if value is None and name in WIDTHS:
             continue  # the architecture's default, once the base is known
         _require(isinstance(value, int) and value >= 1, name, value, "a whole number >= 1")
     for name in EPOCHS:

@@ -17,7 +17,7 @@ from eas.data.tasks import load_pixels
 from eas.model.image import pixel_loader
 from eas.io.merged import as_stored, save_merged
 from eas.tune.checkpoints import Checkpointer
-from eas.tune.config import dtype_name
+from eas.tune.config import dtype_name, widths_note
 from eas.tune.report import write_report
 from eas.tune.session import Session
 from eas.tune.train import autocast_context, trainable_state_dict
@@ -96,7 +96,8 @@ def build_report(s: Session, skip, examples, results: dict, forms: dict) -> dict
         "importance_order": s.search.importance_order(),
         "trajectories": s.search.trajectories().tolist() if searched else [],
         "accuracy": {k: v["accuracy"] for k, v in results.items()}, "results": results,
-        "params": trainable_report(s.model), "router_constants": forms["static"].merge_info["router_constants"],
+        "params": trainable_report(s.model),
+        "widths": widths_note(cfg.arch, s.model.llama.cfg.dim, cfg.adapter_dim, cfg.skip_dim), "router_constants": forms["static"].merge_info["router_constants"],
         "merged": {"path": str(s.folder.path / "merged.pt"), "mode": cfg.merge},
         "kv_cache_share": len(forms[cfg.merge].llama.cfg.attention_layers) / s.n_units,
         "timings_s": {k: round(v, 1) for k, v in s.timings.items()},

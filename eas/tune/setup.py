@@ -34,7 +34,7 @@ def open_session(cfg: TuneConfig) -> Session:
     folder = RunFolder(cfg.run_dir, rank == 0)
     folder.prepare(cfg.resume)
     model, tok, tok_path = load_base(cfg, device, dtype)
-    cfg = with_arch_defaults(cfg, "llava" if isinstance(model, Llava) else "lavin")
+    cfg = with_arch_defaults(cfg, "llava" if isinstance(model, Llava) else "lavin", model.llama.cfg.dim)
     k = check_against_model(cfg, model.llama.cfg.n_layers)
     with rank_zero_first(rank == 0):
         task = load_task(cfg.task, cfg.data_root, cache_dir=cfg.cache_dir, setting=cfg.setting, seed=cfg.seed,
