@@ -182,8 +182,16 @@ TUNE_HELP = {
     "clip": "CLIP tower: OpenAI file, Hugging Face or converted folder (with --llama, or an original LLaVA --base)",
     "arch": "lavin (CLS taps, LaVIN-EAS) or llava (patch tokens + mlp2x_gelu, vicuna_v1; LLaVA-EAS); "
             "default the base's own",
-    "adapter_dim": "PIA-A width r_a (default 8 for lavin, 128 for llava)",
-    "skip_dim": "PIA-S width r_s (default 32 for lavin, 128 for llava)",
+    "adapter_dim": "PIA-A width r_a (default 8 for lavin; for llava 128, times dim/4096 on an LLM narrower than "
+                   "LLaVA-1.5's: 8 on the tiny base)",
+    "skip_dim": "PIA-S width r_s (default 32 for lavin; for llava as r_a)",
+    "projector_lr": "learning rate of the visual projector (default: --lr, as LLaVA-EAS trains mm_projector)",
+    "search": "the bandit: lavin (softmax policy, reward on a val batch; eas_method.md 3.1) or llava (sigmoid "
+              "policy, curriculum on K, reward on the current train batch; 3.2)",
+    "nas_every": "bandit update every N steps (default 2 for --search lavin, 3 for llava)",
+    "candidates": "M sub-networks scored per update (default 3 for --search lavin, 5 for llava)",
+    "beta": "policy inverse temperature (default 10 for --search lavin, 1 for llava)",
+    "search_lr": "bandit step size (default 2 for --search lavin, 1 for llava)",
     "out": "run folder: log.jsonl, state.pt, report.*, merged.pt (default runs/<task>)",
     "device": "cpu, cuda or cuda:N (default cuda:LOCAL_RANK when CUDA is available, else cpu)",
     "dtype": "the frozen base's dtype, float32 or bfloat16 (default bfloat16 on CUDA, float32 on CPU); "
@@ -216,7 +224,7 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
         elif f.name == "skip_set":
             parser.add_argument(flag, type=layer_list, default=None, help=help_)
         else:
-            kind = {"int | None": int, "str | None": str}.get(str(f.type), type(default) if default is not None else str)
+            kind = {"int | None": int, "str | None": str, "float | None": float}.get(str(f.type), type(default) if default is not None else str)
             parser.add_argument(flag, type=kind, default=default, help=f"{help_} (default {default})")
 
 

@@ -1,11 +1,15 @@
-"""Attention-redundancy search: the k-armed bandit of eas_method.md §3.1 (LaVIN-EAS convention).
+"""Attention-redundancy search: the k-armed bandit of eas_method.md §3.1 (LaVIN-EAS convention)
+and its LLaVA-EAS variant (§3.2).
 
 One fp32 preference per candidate unit, s (init 0); a HIGH s_i means unit i is more SKIPPABLE
-(the paper's importance H is about -s). Policy p = softmax(beta * s). A sub-network is a set of K
-distinct units to skip, drawn without replacement proportionally to p. After scoring M distinct
-sub-networks on a held-out batch, with reward r_m = exp(-L_m) and baseline r̄ = mean(r):
+(the paper's importance H is about -s). Policy p = softmax(beta * s) (LaVIN-EAS), or independent
+p_i = sigmoid(beta * s_i) (LLaVA-EAS, beta = 1). A sub-network is a set of K distinct units to
+skip, drawn without replacement proportionally to p (torch.multinomial(p, K) in both codes).
+After scoring M distinct sub-networks, with reward r_m = exp(-L_m) and baseline r̄ = mean(r):
 
     s_i += lr * (r_m - r̄) * p_i * (1 - p_i)    for every m and every i in S_m, p from before.
+
+LLaVA-EAS also grows K during its warm-up (curriculum_k).
 
 The sampler owns a CPU torch.Generator, so a search can be checkpointed and resumed bit-exactly.
 """
@@ -23,25 +27,44 @@ from eas.adapters.attach import UNITS, eas_blocks, llama_of, set_skipped
 from eas.distributed import collective_device
 
 Subnet = tuple[int, ...]
+POLICIES = ("softmax", "sigmoid")
+
+
+def curriculum_k(k: int, t: int, warmup: int) -> int:
+    """LLaVA-EAS's K at micro-step t: min(K, floor(2 K t / warmup) + 1), 1 at t = 0 and K from
+    t = warmup / 2 on; K throughout without a warm-up."""
+    if warmup <= 0:
+        return k
+    return min(k, (2 * k * t) // warmup + 1)
 
 
 class BanditSearch:
     def __init__(self, n_units: int, k: int, beta: float = 10.0, lr: float = 2.0,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, policy: str = "softmax"):
         if not 0 < k <= n_units:
             raise ValueError(f"cannot skip k={k} of {n_units} units")
+        if policy not in POLICIES:
+            raise ValueError(f"policy {policy!r}: expected one of {POLICIES}")
         if generator is None:
             generator = torch.Generator().manual_seed(0)  # the recipe seeds every rank with 0
         if generator.device.type != "cpu":
             raise ValueError("BanditSearch samples on the CPU; pass a CPU torch.Generator")
-        self.n_units, self.k, self.beta, self.lr = n_units, k, float(beta), float(lr)
+        self.n_units, self.k, self.beta, self.lr, self.policy = n_units, k, float(beta), float(lr), policy
         self.generator = generator
         self.scores = torch.zeros(n_units, dtype=torch.float32)
         self.step = 0
         self.history = [self.scores.clone()]  # s after every update, for trajectory plots
 
     def probs(self) -> torch.Tensor:
+        """p: softmax over the units, or each unit's own sigmoid (not a distribution: sampling normalises)."""
+        if self.policy == "sigmoid":
+            return torch.sigmoid(self.beta * self.scores)
         return torch.softmax(self.beta * self.scores, dim=0)
+
+    def _log_weights(self) -> torch.Tensor:
+        """log p up to a constant, in float64: what draws without replacement are proportional to."""
+        logits = self.beta * self.scores.double()
+        return torch.nn.functional.logsigmoid(logits) if self.policy == "sigmoid" else logits
 
     def _draw(self, n: int, k: int) -> torch.Tensor:
         """n independent sub-networks [n, k], each K distinct units ∝ p without replacement.
@@ -52,7 +75,7 @@ class BanditSearch:
         if not 0 < k <= self.n_units:
             raise ValueError(f"cannot sample k={k} of {self.n_units} units")
         u = torch.rand(n, self.n_units, generator=self.generator, dtype=torch.float64)
-        keys = self.beta * self.scores.double() - torch.log(-torch.log(u))
+        keys = self._log_weights() - torch.log(-torch.log(u))
         return torch.topk(keys, k, dim=1).indices.sort(dim=1).values
 
     def sample(self, k: int | None = None) -> Subnet:
@@ -131,13 +154,14 @@ class BanditSearch:
         self.history[-1] = self.scores.clone()
 
     def state_dict(self) -> dict:
-        return {"n_units": self.n_units, "k": self.k, "beta": self.beta, "lr": self.lr, "step": self.step,
+        return {"n_units": self.n_units, "k": self.k, "beta": self.beta, "lr": self.lr, "policy": self.policy,
+                "step": self.step,
                 "scores": self.scores.clone(), "history": self.trajectories(),
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = {"n_units": self.n_units, "k": self.k, "beta": self.beta, "lr": self.lr}
-        theirs = {key: state[key] for key in mine}
+        mine = {"n_units": self.n_units, "k": self.k, "beta": self.beta, "lr": self.lr, "policy": self.policy}
+        theirs = {key: state.get(key, "softmax" if key == "policy" else None) for key in mine}
         if mine != theirs:
             raise ValueError(f"search state was saved with {theirs}, this search has {mine}")
         self.scores = state["scores"].float().clone()
@@ -199,7 +223,7 @@ def score_subnets(model_fn: Callable[[], torch.Tensor], subnets: Sequence[Sequen
 
 def bandit_round(search: BanditSearch, target: SkipTarget, model_fn: Callable[[], torch.Tensor], m: int = 3,
                  process_group=None) -> tuple[list[Subnet], list[float]]:
-    """One search update (every nas_turn micro-steps): sample M distinct sets, score, update, sync."""
+    """One search update (every nas_turn micro-steps): sample M distinct sets of K, score, update, sync."""
     subnets = broadcast_subnets(search.sample_distinct(m), process_group)
     losses = score_subnets(model_fn, subnets, target)
     search.update(subnets, losses)

@@ -130,6 +130,8 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean")
 
 
 class Lavin(nn.Module):
+    PROJECTOR = "adapter_proj"  # the visual projector's attribute (its own learning rate: --projector-lr)
+
     def __init__(self, cfg: LavinConfig):
         super().__init__()
         self.cfg = cfg

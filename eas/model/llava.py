@@ -112,6 +112,8 @@ def build_llava_batch(tokenizer: Tokenizer, examples: Sequence[tuple[str, str | 
 
 
 class Llava(nn.Module):
+    PROJECTOR = "adapter_projector"  # the visual projector's attribute (its own learning rate: --projector-lr)
+
     def __init__(self, cfg: LlavaConfig):
         super().__init__()
         self.cfg = cfg

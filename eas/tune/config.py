@@ -39,14 +39,16 @@ class TuneConfig:
     warmup_epochs: float = 3.0          # super-net on random sub-networks
     search_epochs: float = 3.0          # bandit updates every nas_every steps
     finetune_epochs: float = 20.0
-    nas_every: int = 2
-    candidates: int = 3                 # M sub-networks scored per update
-    beta: float = 10.0
-    search_lr: float = 2.0
+    search: str = "lavin"               # the bandit: lavin (softmax, val batch) or llava (sigmoid, curriculum on K)
+    nas_every: int | None = None        # bandit updates every N steps; None: SEARCH_DEFAULTS
+    candidates: int | None = None       # M sub-networks scored per update; None: SEARCH_DEFAULTS
+    beta: float | None = None           # policy inverse temperature; None: SEARCH_DEFAULTS
+    search_lr: float | None = None      # bandit step size; None: SEARCH_DEFAULTS
     val_batch: int = 32
     batch_size: int = 16                # global, over ranks and accumulation
     accum: int = 1
     lr: float = 4e-3
+    projector_lr: float | None = None   # the visual projector's; None: --lr (both recipes train it at the adapters' rate)
     weight_decay: float = 0.02
     lr_warmup_epochs: float = 1.0
     adapter_dim: int | None = None      # r_a; None: arch_widths
@@ -92,6 +94,20 @@ def arch_widths(arch: str, llm_dim: int) -> dict[str, int]:
     return {"adapter_dim": r, "skip_dim": r}
 
 
+SEARCHES = ("lavin", "llava")
+# The two bandits (eas_method.md §3.1, §3.2). lavin: M = 3, step 2, softmax(10 s); updates every 2 steps
+# here (the recipe's 10 micro-steps are for epochs of thousands of steps). llava: M = 5 every 3 steps,
+# step 1, sigmoid(s).
+SEARCH_DEFAULTS = {"lavin": {"nas_every": 2, "candidates": 3, "beta": 10.0, "search_lr": 2.0},
+                   "llava": {"nas_every": 3, "candidates": 5, "beta": 1.0, "search_lr": 1.0}}
+
+
+def with_search_defaults(cfg: TuneConfig) -> TuneConfig:
+    """cfg with the --search variant's settings filled in where the flags left them unset."""
+    unset = {k: v for k, v in SEARCH_DEFAULTS[cfg.search].items() if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **unset)
+
+
 def widths_note(arch: str, llm_dim: int, adapter_dim: int, skip_dim: int) -> str:
     """The widths a run used and where they came from, for its report."""
     used = f"r_a = {adapter_dim}, r_s = {skip_dim}"
@@ -114,7 +130,7 @@ def with_arch_defaults(cfg: TuneConfig, arch: str, llm_dim: int) -> TuneConfig:
 COUNTS = ("nas_every", "candidates", "val_batch", "batch_size", "accum", "adapter_dim", "skip_dim",
           "eval_batch_size", "synthetic_per_class")
 EPOCHS = ("warmup_epochs", "search_epochs", "finetune_epochs", "lr_warmup_epochs")
-CHOICES = {"task": TASKS, "unit": UNITS, "merge": MODES, "dtype": (None, *DTYPES), "arch": (None, *ARCHS)}
+CHOICES = {"task": TASKS, "search": SEARCHES, "unit": UNITS, "merge": MODES, "dtype": (None, *DTYPES), "arch": (None, *ARCHS)}
 
 
 def _flag(name: str) -> str:
@@ -133,14 +149,16 @@ def validate(cfg: TuneConfig) -> None:
         _require(value in options, name, value, "one of " + ", ".join(o for o in options if o))
     for name in COUNTS:
         value = getattr(cfg, name)
-        if value is None and name in WIDTHS:
-            continue  # the architecture's default, once the base is known
+        if value is None and name in (*WIDTHS, *SEARCH_DEFAULTS["lavin"]):
+            continue  # the architecture's or the search variant's default
         _require(isinstance(value, int) and value >= 1, name, value, "a whole number >= 1")
     for name in EPOCHS:
         value = getattr(cfg, name)
         _require(math.isfinite(value) and value >= 0, name, value, "a finite number of epochs >= 0")
-    for name in ("lr", "search_lr", "beta", "save_minutes"):
+    for name in ("lr", "projector_lr", "search_lr", "beta", "save_minutes"):
         value = getattr(cfg, name)
+        if value is None and name in ("projector_lr", "search_lr", "beta"):
+            continue  # a default filled in later
         _require(math.isfinite(value) and value > 0, name, value, "a finite number > 0")
     _require(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", cfg.weight_decay,
              "a finite number >= 0")

@@ -58,6 +58,6 @@ def _announce(s: Session) -> None:
         print("NOTE: SYNTHETIC data (procedurally drawn AID-like scenes, not the real AID); every number "
               "below is on synthetic data.")
     plan = (f"fixed skip set {list(c.skip_set)}" if c.skip_set is not None else
-            f"search K={s.k} of {s.n_units} {c.unit} units" if s.k else "no skipping (adapter baseline)")
+            f"search K={s.k} of {s.n_units} {c.unit} units ({c.search} bandit)" if s.k else "no skipping (adapter baseline)")
     print(f"plan: {plan}; {s.steps('search')} search + {s.steps('finetune')} fine-tune steps of "
           f"{c.batch_size} on {s.world} process(es), device {s.device} ({dtype_name(s.dtype)})")

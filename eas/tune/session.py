@@ -69,13 +69,15 @@ class Session:
         self.dropout.manual_seed(self.cfg.seed + 1000 * self.rank)
 
     def start_optimizer(self, saved: dict | None) -> None:
-        self.optimizer = make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay)
+        scales = {} if self.cfg.projector_lr is None else {self.model.PROJECTOR + ".": self.cfg.projector_lr / self.cfg.lr}
+        self.optimizer = make_optimizer(self.model, self.cfg.lr, self.cfg.weight_decay, lr_scales=scales)
         if saved is not None and saved.get("optimizer") is not None:
             self.optimizer.load_state_dict(saved["optimizer"])
 
-    def train_step(self, stage: str, step: int, total: int) -> float | None:
-        """One optimizer step; None (and no update) when no image of the whole batch could be read."""
-        batches = self.batches.train(stage, step)
+    def train_step(self, stage: str, step: int, total: int, batches: list | None = None) -> float | None:
+        """One optimizer step on `batches` (default: the step's own, Batches.train); None (and no
+        update) when no image of the whole batch could be read."""
+        batches = self.batches.train(stage, step) if batches is None else batches
         if batches is None:
             return None
         warmup = min(total, round(self.cfg.lr_warmup_epochs * self.batches.steps_per_epoch))

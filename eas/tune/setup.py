@@ -19,7 +19,8 @@ from eas.model.llava import Llava
 from eas.model.tokenizer import Tokenizer
 from eas.search import BanditSearch, skip_target
 from eas.tune.batches import Batches
-from eas.tune.config import TuneConfig, check_against_model, resolve_device, resolve_dtype, with_arch_defaults
+from eas.tune.config import (TuneConfig, check_against_model, resolve_device, resolve_dtype, with_arch_defaults,
+                             with_search_defaults)
 from eas.distributed import init_distributed, rank_zero_first
 from eas.tune.run_folder import RunFolder
 from eas.tune.session import Session, stage_steps
@@ -34,7 +35,8 @@ def open_session(cfg: TuneConfig) -> Session:
     folder = RunFolder(cfg.run_dir, rank == 0)
     folder.prepare(cfg.resume)
     model, tok, tok_path = load_base(cfg, device, dtype)
-    cfg = with_arch_defaults(cfg, "llava" if isinstance(model, Llava) else "lavin", model.llama.cfg.dim)
+    cfg = with_search_defaults(with_arch_defaults(cfg, "llava" if isinstance(model, Llava) else "lavin",
+                                                  model.llama.cfg.dim))
     k = check_against_model(cfg, model.llama.cfg.n_layers)
     with rank_zero_first(rank == 0):
         task = load_task(cfg.task, cfg.data_root, cache_dir=cfg.cache_dir, setting=cfg.setting, seed=cfg.seed,
@@ -44,12 +46,15 @@ def open_session(cfg: TuneConfig) -> Session:
     check_splits(cfg, task, world, stage_steps(cfg, k, batches.steps_per_epoch, "search") > 0)
     dropout = attach_adapters(model, cfg, device)
     search = BanditSearch(model.llama.cfg.n_layers, max(k, 1), beta=cfg.beta, lr=cfg.search_lr,
-                          generator=torch.Generator().manual_seed(cfg.seed))
+                          generator=torch.Generator().manual_seed(cfg.seed), policy=POLICY[cfg.search])
     session = Session(cfg, device, dtype, rank, world, model, tok, tok_path, task, k, batches, search,
                       skip_target(model, cfg.unit), dropout, trainable_state_dict(model), folder,
                       stored_dtype(cfg.llama or cfg.base))
     session.seed_dropout()
     return session
+
+
+POLICY = {"lavin": "softmax", "llava": "sigmoid"}  # each --search variant's policy (eas.search)
 
 
 def load_base(cfg: TuneConfig, device: torch.device, dtype: torch.dtype):
@@ -96,9 +101,10 @@ def check_splits(cfg: TuneConfig, task: TaskData, world: int, searching: bool) -
     if len(task.train) < cfg.batch_size or cfg.batch_size < world * cfg.accum:
         raise UsageError(f"--batch-size {cfg.batch_size} must be at least ranks x accum ({world} x {cfg.accum}) "
                          f"and at most the {len(task.train)} training examples of {task.source}")
-    if searching and not task.val:
+    if searching and cfg.search == "lavin" and not task.val:
         raise DataError(f"the validation split of {task.source} has no examples, and the search scores "
-                        f"sub-networks on it (pass --skip 0 or --skip-set to tune without a search)")
+                        f"sub-networks on it (pass --search llava to score them on training batches, or --skip 0 or "
+                        f"--skip-set to tune without a search)")
     if not task.test:
         raise DataError(f"the test split of {task.source} has no examples: nothing to evaluate")
 

@@ -20,22 +20,32 @@ from eas.io.files import atomic_write
 from eas.distributed import active
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None) -> list[dict]:
     """Trainable parameters split as timm's param_groups_weight_decay: biases and 1-D tensors
-    (norm gains, scales) get no decay; frozen parameters are left out entirely."""
-    decay, no_decay = [], []
+    (norm gains, scales) get no decay; frozen parameters are left out entirely.
+
+    lr_scales {name prefix: factor}: those parameters get groups of their own whose learning rate
+    is the schedule's times factor (key "lr_scale", read by set_lr), e.g. the projector's
+    --projector-lr / --lr. Every group is returned, empty ones included, in a fixed order.
+    """
+    scales = [1.0, *(lr_scales or {}).values()]
+    groups = [{"params": [], "weight_decay": wd, "lr_scale": scale} for scale in scales for wd in (0.0, weight_decay)]
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+        part = next((i + 1 for i, prefix in enumerate(lr_scales or {}) if name.startswith(prefix)), 0)
+        groups[2 * part + (0 if p.ndim <= 1 or name.endswith(".bias") else 1)]["params"].append(p)
+    return groups
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.02,
-                   betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
-    groups = [g for g in param_groups(model, weight_decay) if g["params"]]
+                   betas: tuple[float, float] = (0.9, 0.95), lr_scales: dict[str, float] | None = None
+                   ) -> torch.optim.AdamW:
+    groups = [g for g in param_groups(model, weight_decay, lr_scales) if g["params"]]
     if not groups:
         raise ValueError("the model has no trainable parameters: call eas.adapters.attach.mark_trainable first")
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
@@ -53,8 +63,9 @@ def lr_at(step: float, total_steps: int, warmup_steps: int, base_lr: float, min_
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's rate, times each group's lr_scale (param_groups)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

@@ -9,7 +9,7 @@ from eas.adapters.attach import EASConfig, add_adapters, mark_trainable
 from eas.errors import CheckpointError
 from eas.model.config import LlamaConfig
 from eas.model.llama import Llama
-from eas.tune.train import (autocast_context, load_checkpoint, load_trainable_state, lr_at, make_optimizer,
+from eas.tune.train import (autocast_context, load_checkpoint, load_trainable_state, lr_at, make_optimizer, set_lr,
                             param_groups, save_checkpoint, train_step, trainable_state_dict)
 
 
@@ -35,6 +35,21 @@ class Toy(nn.Module):
         self.gain = nn.Parameter(torch.ones(4))
         self.frozen = nn.Linear(4, 2)
         self.frozen.requires_grad_(False)
+
+
+def test_scaled_part_gets_its_own_learning_rate():
+    """--projector-lr: AdamW's first step moves every weight by its group's rate (|m/sqrt(v)| = 1)."""
+    toy = Toy()
+    opt = make_optimizer(toy, lr=1e-2, weight_decay=0.0, lr_scales={"adapter.": 0.25})
+    assert sorted((g["lr"], len(g["params"])) for g in opt.param_groups) == [(2.5e-3, 1), (2.5e-3, 1), (1e-2, 1)]
+    before = {n: p.detach().clone() for n, p in toy.named_parameters() if p.requires_grad}
+    (toy.adapter(torch.randn(5, 3, generator=torch.Generator().manual_seed(0))) * toy.gain).sum().backward()
+    opt.step()
+    moved = {n: (p.detach() - before[n]).abs() for n, p in toy.named_parameters() if p.requires_grad}
+    for name, rate in (("adapter.weight", 2.5e-3), ("adapter.bias", 2.5e-3), ("gain", 1e-2)):
+        assert torch.allclose(moved[name], torch.full_like(moved[name], rate), rtol=1e-4), name
+    set_lr(opt, 0.5)
+    assert sorted(g["lr"] for g in opt.param_groups) == [0.125, 0.125, 0.5]
 
 
 def test_param_groups_follow_timm_rules():

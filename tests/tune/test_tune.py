@@ -386,6 +386,8 @@ def test_batch_without_readable_image_is_skipped_not_fatal(base, cache, tmp_path
     ("device", "tpu", "--device 'tpu'"), ("dtype", "float16", "--dtype 'float16'"),
     ("llama", "somewhere", "--llama needs --clip"), ("task", "slake", "--task slake needs --data-root"),
     ("arch", "gpt", "--arch 'gpt'"), ("adapter_dim", 0, "--adapter-dim 0"),
+    ("projector_lr", 0, "--projector-lr 0.0"), ("projector_lr", "nan", "--projector-lr nan"),
+    ("search", "meter", "--search 'meter'"), ("beta", -1, "--beta -1.0"),
     ("task", "coco", "--task 'coco': expected one of aid, scienceqa, slake"),
 ])
 def test_bad_flag_is_refused_before_any_work(flag, value, named, base, cache, tmp_path, capsys):

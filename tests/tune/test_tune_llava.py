@@ -100,3 +100,29 @@ def test_tiny_llava_default_trains_as_many_parameters_as_lavin():
         set_skipped(model.llama, (6, 7))  # K = 2 of 8, the default
         counts[arch] = trainable_report(model)["trainable"]
     assert counts == {"lavin": 157_024, "llava": 156_240}
+
+
+def test_llava_search_variant_end_to_end(base, tmp_path):
+    """--search llava: K grows 1 -> 2 over the warm-up, then M = 5 sub-networks are scored on the
+    step's own training batch every 3 steps with the sigmoid policy, step size 1."""
+    out = tmp_path / "run"
+    report = tune(TuneConfig(base=str(base), cache_dir=str(tmp_path / "cache"), out=str(out), arch="llava",
+                             search="llava", **{**SMALL, "skip": 2, "nas_every": None, "search_epochs": 2,
+                                                "max_test": 4}))
+    c = report["config"]
+    assert (c["search"], c["nas_every"], c["candidates"], c["beta"], c["search_lr"]) == ("llava", 3, 5, 1.0, 1.0)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    search = [r for r in log if r.get("stage") == "search"]
+    assert [len(r["skip"]) for r in search] == [1, 2, 2, 2, 2, 2, 2, 2, 2]  # 3 steps/epoch, warm-up 3 steps
+    rounds = [r for r in search if "candidates" in r]
+    assert [r["step"] for r in rounds] == [3, 6]
+    assert all(len({tuple(x) for x in r["candidates"]}) == 5 and len(r["losses"]) == 5 for r in rounds)
+    # every update moved only the scored units, by (r_m - r̄) sigmoid'(s) (step size 1)
+    s = torch.zeros(4, dtype=torch.float64)
+    for r in rounds:
+        rewards = torch.exp(-torch.tensor(r["losses"], dtype=torch.float64))
+        p = torch.sigmoid(s)
+        for subnet, adv in zip(r["candidates"], rewards - rewards.mean()):
+            s[subnet] += adv * p[subnet] * (1 - p[subnet])
+        assert torch.allclose(s, torch.tensor(r["scores"], dtype=torch.float64), atol=2e-5)
+    assert report["preferences"] == pytest.approx(s.tolist(), abs=2e-5)
