@@ -42,7 +42,8 @@ def test_split(run: Path, max_test: int | None, image_size: int):
     """The run's task and test examples, rebuilt from the settings its report records."""
     cfg = read_json(run / "report.json", "tuning report", RunFolderError)["config"]
     task = load_task(cfg["task"], cfg["data_root"], cache_dir=cfg["cache_dir"], setting=cfg["setting"],
-                     seed=cfg["seed"], image_size=image_size, synthetic_per_class=cfg["synthetic_per_class"])
+                     seed=cfg["seed"], image_size=image_size, synthetic_per_class=cfg["synthetic_per_class"],
+                     arch=cfg.get("arch") or "lavin")
     return task, task.test[:max_test] if max_test else task.test
 
 

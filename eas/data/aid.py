@@ -33,6 +33,9 @@ AID_FORMAT = PromptFormat("aid", "Question: {question}\nAnswer the question usin
                           question="What is the label for this image?", max_new_tokens=10,
                           answer="one word: the scene's class label (e.g. beach)")
 AID_PROMPT = AID_FORMAT.fill(AID_FORMAT.question)
+# LLaVA-EAS's AID question (eas_method.md §4.2), the user's message of a vicuna_v1 conversation.
+AID_LLAVA_FORMAT = PromptFormat("aid", "{question}\nAnswer the question using a single word.",
+                                question=AID_FORMAT.question, max_new_tokens=10, answer=AID_FORMAT.answer)
 PAPER_TRAIN_FRACTIONS = {"20": 0.2, "50": 0.5}
 # A file that marks a generated stand-in (eas.data.synthetic_aid); it travels with the folder so
 # that a synthetic set is recognised, and announced, wherever it is scanned from.

@@ -1,9 +1,12 @@
-"""ScienceQA (Lu et al. 2022) in LaVIN's QCM -> ALE format, with the official accuracy breakdowns.
+"""ScienceQA (Lu et al. 2022) in LaVIN's QCM -> ALE format, or LLaVA-1.5's CQM -> A under --arch
+llava, with the official accuracy breakdowns.
 
 On disk: `problems.json` (pid -> problem), `pid_splits.json` (split -> [pid]) and images at
-`images/<problem split>/<pid>/<image>`. Prompt and target follow eas_method.md §4.1; extraction
-and scoring follow LaVIN's eval.py, including its random choice when no letter can be parsed
-(seeded here, per question, so a score is reproducible and independent of evaluation order).
+`images/<problem split>/<pid>/<image>`. LaVIN: prompt and target follow eas_method.md §4.1;
+extraction and scoring follow LaVIN's eval.py, including its random choice when no letter can be
+parsed (seeded here, per question, so a score is reproducible and independent of evaluation order).
+LLaVA: LLaVA-1.5's ScienceQA question (llava_test_CQM-A with --single-pred-prompt) answered by the
+letter alone, read as LLaVA's eval_science_qa.py reads it (the same seeded fallback).
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ _BARE_LETTER = re.compile(r"([A-E])\.")
 # and "\nOptions: (A) ... (B) ...". 16 tokens reach the answer sentence, which comes first.
 SCIENCEQA_FORMAT = PromptFormat("scienceqa", "Question: {question}\nResponse:", question=None, max_new_tokens=16,
                                 answer="'The answer is <letter>.' then the lecture and solution")
+# The slot holds LLaVA's CQM block: "Context: <hint or N/A>\nQuestion: ...\nOptions: (A) ... (B) ...".
+SCIENCEQA_LLAVA_FORMAT = PromptFormat("scienceqa", "{question}\nAnswer with the option's letter from the given "
+                                      "choices directly.", question=None, max_new_tokens=4,
+                                      answer="the option's letter alone")
 
 
 @dataclass(frozen=True)
@@ -70,8 +77,16 @@ def build_prompt(question: str, hint: str, choices: Sequence[str], answer_index:
     return prompt, target
 
 
-def load_scienceqa(root: str | Path, split: str = "test",
-                   check_images: bool = True) -> list[ScienceQAExample]:
+def build_llava_prompt(question: str, hint: str, choices: Sequence[str], answer_index: int) -> tuple[str, str]:
+    """(question, answer) of LLaVA-1.5's CQM -> A format: the letter is the whole answer."""
+    options = " ".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
+    cqm = f"Context: {hint.strip() or 'N/A'}\nQuestion: {question}\nOptions: {options}".replace("  ", " ").strip()
+    return SCIENCEQA_LLAVA_FORMAT.fill(cqm), LETTERS[answer_index]
+
+
+def load_scienceqa(root: str | Path, split: str = "test", check_images: bool = True,
+                   arch: str = "lavin") -> list[ScienceQAExample]:
+    """The problems of one split, in the prompt format of `arch` (lavin or llava)."""
     root = Path(root)
     problems = _read_json(root / "problems.json", dict)
     splits = _read_json(root / "pid_splits.json", dict)
@@ -87,11 +102,11 @@ def load_scienceqa(root: str | Path, split: str = "test",
         if pid not in problems:
             raise DataError(f"{root / 'pid_splits.json'}: pid '{pid}' of split '{split}' is not "
                             f"a key of {root / 'problems.json'}")
-        examples.append(_example(root, pid, problems[pid], check_images))
+        examples.append(_example(root, pid, problems[pid], check_images, arch))
     return examples
 
 
-def _example(root: Path, pid: str, p: object, check_images: bool) -> ScienceQAExample:
+def _example(root: Path, pid: str, p: object, check_images: bool, arch: str) -> ScienceQAExample:
     where = f"{root / 'problems.json'}: problem '{pid}'"
     if not isinstance(p, dict):
         raise DataError(f"{where} is not an object")
@@ -119,8 +134,10 @@ def _example(root: Path, pid: str, p: object, check_images: bool) -> ScienceQAEx
     image = root / "images" / p["split"] / pid / image_name if image_name else None
     if image is not None and check_images and not image.is_file():
         raise DataError(f"{where}: image file {image} is missing")
-    prompt, target = build_prompt(p["question"], hint, choices, p["answer"], p["lecture"],
-                                  p["solution"])
+    if arch == "llava":
+        prompt, target = build_llava_prompt(p["question"], hint, choices, p["answer"])
+    else:
+        prompt, target = build_prompt(p["question"], hint, choices, p["answer"], p["lecture"], p["solution"])
     return ScienceQAExample(pid, image, prompt, target, tuple(choices), p["answer"],
                             SUBJECTS[p["subject"]], int(grade.group(1)), bool(hint), bool(image_name))
 
@@ -141,16 +158,27 @@ def extract_answer(text: str) -> str | None:
     return None
 
 
-def predicted_index(text: str, example: ScienceQAExample, seed: int = 0) -> int:
+def extract_llava_answer(text: str) -> str | None:
+    """The answer letter LLaVA's eval_science_qa.py reads: the whole answer, "X. ...", or "The answer is X."."""
+    text = text.strip()
+    if len(text) == 1 and text in LETTERS:
+        return text
+    if len(text) >= 3 and text[0] in LETTERS and text[1:3] == ". ":
+        return text[0]
+    match = _ANSWER_IS.search(text)
+    return match.group(1) if match else None
+
+
+def predicted_index(text: str, example: ScienceQAExample, seed: int = 0, extract=extract_answer) -> int:
     """Choice index for a generation; unparsable or out-of-range letters get a random choice."""
-    letter = extract_answer(text)
+    letter = extract(text)
     if letter is not None and LETTERS.index(letter) < len(example.choices):
         return LETTERS.index(letter)
     return random.Random(f"sqa-fallback:{seed}:{example.pid}").randrange(len(example.choices))
 
 
 def score_scienceqa(predictions: Mapping[str, str] | Sequence[str],
-                    examples: Sequence[ScienceQAExample], seed: int = 0) -> dict:
+                    examples: Sequence[ScienceQAExample], seed: int = 0, extract=extract_answer) -> dict:
     """Accuracy in percent over every question (the official "Average"), broken down into the
     official NAT/SOC/LAN, TXT/IMG/NO, G1-6/G7-12 (eas.data.metrics.task_scores shape).
 
@@ -170,10 +198,11 @@ def score_scienceqa(predictions: Mapping[str, str] | Sequence[str],
     counts = dict.fromkeys(CATEGORIES, 0)
     correct = 0
     for text, example in zip(texts, examples):
-        right = predicted_index(text, example, seed) == example.answer_index
+        right = predicted_index(text, example, seed, extract) == example.answer_index
         correct += right
         for category in example.categories:
             counts[category] += 1
             hits[category] += right
     return task_scores(correct, len(examples), {c: (hits[c], counts[c]) for c in CATEGORIES},
-                       "answer letter correct (LaVIN's extraction, seeded random choice if none)")
+                       f"answer letter correct ({'LLaVA' if extract is extract_llava_answer else 'LaVIN'}'s "
+                       f"extraction, seeded random choice if none)")

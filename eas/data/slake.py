@@ -24,6 +24,10 @@ ANSWER_TYPES = ("OPEN", "CLOSED")
 _REQUIRED = ("img_name", "question", "answer", "q_lang", "answer_type")
 SLAKE_FORMAT = PromptFormat("slake", "Question: {question}\nResponse:", question=None, max_new_tokens=10,
                             answer="a short answer: a word or phrase, yes/no for closed questions")
+# Under --arch llava: LLaVA-1.5's short-answer instruction (its VQA fine-tuning and eval prompts);
+# LLaVA-EAS's own Slake file is not public, so this is the LLaVA-1.5 convention, not a copy of it.
+SLAKE_LLAVA_FORMAT = PromptFormat("slake", "{question}\nAnswer the question using a single word or phrase.",
+                                  question=None, max_new_tokens=10, answer=SLAKE_FORMAT.answer)
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,11 @@ class SlakeExample:
     target: str  # the gold answer
     answer_type: str  # OPEN or CLOSED
     lang: str
+    fmt: PromptFormat = SLAKE_FORMAT  # SLAKE_LLAVA_FORMAT under --arch llava
 
     @property
     def prompt(self) -> str:
-        return SLAKE_FORMAT.fill(self.question)
+        return self.fmt.fill(self.question)
 
 
 def load_slake(root: str | Path, split: str = "test", lang: str | None = "en",

@@ -3,6 +3,10 @@
 Every example record carries `image` (a path or None), `prompt` (built from the task's
 eas.data.prompt.PromptFormat, which also holds the decode budget) and `target` (eas/data). The val
 part is what the search reward reads; the test part is never seen by search or tuning.
+
+Each task has a format per wiring: LaVIN's "Question: ...\nResponse:" frame, and under --arch llava
+the user's message of LLaVA-1.5's vicuna_v1 conversation (eas.model.llava wraps it), with the
+answer (and, for ScienceQA, its extraction) LLaVA's.
 """
 from __future__ import annotations
 
@@ -12,10 +16,14 @@ from pathlib import Path
 
 import torch
 
-from eas.data.aid import AID_FORMAT, paper_split, scan_aid, score_aid
+import dataclasses
+import functools
+
+from eas.data.aid import AID_FORMAT, AID_LLAVA_FORMAT, paper_split, scan_aid, score_aid
 from eas.data.prompt import PromptFormat
-from eas.data.scienceqa import SCIENCEQA_FORMAT, load_scienceqa, score_scienceqa
-from eas.data.slake import SLAKE_FORMAT, load_slake, score_slake
+from eas.data.scienceqa import (SCIENCEQA_FORMAT, SCIENCEQA_LLAVA_FORMAT, extract_llava_answer, load_scienceqa,
+                                score_scienceqa)
+from eas.data.slake import SLAKE_FORMAT, SLAKE_LLAVA_FORMAT, load_slake, score_slake
 from eas.data.synthetic_aid import ensure_synthetic_aid
 from eas.errors import DataError, ImageError
 from eas.model.image import load_image
@@ -42,21 +50,30 @@ class TaskData:
 
 
 def load_task(name: str, data_root: str | None, *, cache_dir: str | Path, setting: str = "20", seed: int = 0,
-              image_size: int = 64, synthetic_per_class: int = 100, val_fraction: float = 0.1) -> TaskData:
+              image_size: int = 64, synthetic_per_class: int = 100, val_fraction: float = 0.1,
+              arch: str = "lavin") -> TaskData:
+    """The task's splits with prompts in the format of `arch` (lavin or llava)."""
+    if arch not in ("lavin", "llava"):
+        raise DataError(f"unknown wiring {arch!r}; expected lavin or llava")
+    llava = arch == "llava"
     if name == "aid":
-        return _aid(data_root, cache_dir, setting, seed, image_size, synthetic_per_class, val_fraction)
+        return _aid(data_root, cache_dir, setting, seed, image_size, synthetic_per_class, val_fraction, llava)
     if name not in TASKS:
         raise DataError(f"unknown task {name!r}; choose one of {TASKS}")
     if data_root is None:
         raise DataError(f"--task {name} needs --data-root (only AID has a synthetic stand-in)")
     if name == "scienceqa":
-        parts = [load_scienceqa(data_root, split) for split in ("train", "val", "test")]
-        return TaskData(name, *parts, score=score_scienceqa, prompt_format=SCIENCEQA_FORMAT, source=str(data_root))
-    parts = [load_slake(data_root, split) for split in ("train", "validate", "test")]
-    return TaskData(name, *parts, score=score_slake, prompt_format=SLAKE_FORMAT, source=str(data_root))
+        parts = [load_scienceqa(data_root, split, arch=arch) for split in ("train", "val", "test")]
+        score = functools.partial(score_scienceqa, extract=extract_llava_answer) if llava else score_scienceqa
+        return TaskData(name, *parts, score=score, prompt_format=SCIENCEQA_LLAVA_FORMAT if llava else SCIENCEQA_FORMAT,
+                        source=str(data_root))
+    fmt = SLAKE_LLAVA_FORMAT if llava else SLAKE_FORMAT
+    parts = [[dataclasses.replace(e, fmt=fmt) for e in load_slake(data_root, split)]
+             for split in ("train", "validate", "test")]
+    return TaskData(name, *parts, score=score_slake, prompt_format=fmt, source=str(data_root))
 
 
-def _aid(data_root, cache_dir, setting, seed, image_size, per_class, val_fraction) -> TaskData:
+def _aid(data_root, cache_dir, setting, seed, image_size, per_class, val_fraction, llava) -> TaskData:
     synthetic = data_root is None
     if synthetic:
         # The data set itself does not depend on --seed (only the split does), so every run of
@@ -66,7 +83,10 @@ def _aid(data_root, cache_dir, setting, seed, image_size, per_class, val_fractio
         root = Path(data_root)
     scan = scan_aid(root)
     split = paper_split(scan.examples, setting, seed=seed, val_fraction=val_fraction)
-    return TaskData("aid", split.train, split.val, split.test, score=score_aid, prompt_format=AID_FORMAT,
+    fmt = AID_LLAVA_FORMAT if llava else AID_FORMAT
+    train, val, test = ([dataclasses.replace(e, prompt=fmt.fill(fmt.question)) for e in part]
+                        for part in (split.train, split.val, split.test))
+    return TaskData("aid", train, val, test, score=score_aid, prompt_format=fmt,
                     synthetic=synthetic or scan.synthetic, source=str(root), warnings=list(scan.warnings))
 
 

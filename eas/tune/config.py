@@ -38,7 +38,7 @@ class TuneConfig:
     unit: str = "attention"
     warmup_epochs: float = 3.0          # super-net on random sub-networks
     search_epochs: float = 3.0          # bandit updates every nas_every steps
-    finetune_epochs: float = 20.0
+    finetune_epochs: float | None = None  # None: arch_defaults (20; 12 for the LLaVA form of a narrow LLM)
     search: str = "lavin"               # the bandit: lavin (softmax, val batch) or llava (sigmoid, curriculum on K)
     nas_every: int | None = None        # bandit updates every N steps; None: SEARCH_DEFAULTS
     candidates: int | None = None       # M sub-networks scored per update; None: SEARCH_DEFAULTS
@@ -51,8 +51,8 @@ class TuneConfig:
     projector_lr: float | None = None   # the visual projector's; None: --lr (both recipes train it at the adapters' rate)
     weight_decay: float = 0.02
     lr_warmup_epochs: float = 1.0
-    adapter_dim: int | None = None      # r_a; None: arch_widths
-    skip_dim: int | None = None         # r_s; None: arch_widths
+    adapter_dim: int | None = None      # r_a; None: arch_defaults
+    skip_dim: int | None = None         # r_s; None: arch_defaults
     dropout: float = 0.1
     warm_start: bool = False
     grad_checkpointing: bool = False
@@ -71,27 +71,56 @@ class TuneConfig:
 
 
 ARCHS = ("lavin", "llava")
-WIDTHS = ("adapter_dim", "skip_dim")
+ARCH_FIELDS = ("adapter_dim", "skip_dim", "finetune_epochs")
 # LLaVA-EAS's AID/Slake scripts: r_a = r_s = 128 on LLaVA-1.5, whose LLM is 4096 wide (eas_method.md §4.2).
 LLAVA_WIDTH, LLAVA_LLM_DIM = 128, 4096
+FINETUNE_EPOCHS = 20.0        # both recipes (§4.1, §4.2)
+NARROW_LLAVA_FINETUNE = 12.0  # the LLaVA form of an LLM narrower than LLaVA-1.5's (arch_defaults)
 
 
-def arch_widths(arch: str, llm_dim: int) -> dict[str, int]:
-    """The default adapter widths (r_a, r_s) of `arch` on an LLM `llm_dim` wide: the one home of the rule.
+def arch_defaults(arch: str, llm_dim: int) -> dict:
+    """Adapter widths (r_a, r_s) and fine-tune epochs of `arch` on an LLM `llm_dim` wide: the one
+    home of these defaults.
 
-    lavin: LaVIN-EAS's r_a = 8, r_s = 32 (eas_method.md §1.1), at every width.
-    llava: the scripts' 128 on LLaVA-1.5 (7B: 4096 wide, 13B: 5120); an LLM narrower than 4096
-    keeps the scripts' ratio r/dim = 128/4096 = 1/32 instead (an even r >= 2: the up-projection
-    has 2 groups). On the tiny base (dim 256) that is r = 8: the scripts' 128 there trained 710,400
-    parameters, 10 % of the 7 M-parameter LLM (the recipe trains about 0.3 % of a 7B one), and
-    made the default job overrun its 10 minutes; at 8 it trains 156,240, within 0.5 % of what the
-    LaVIN-style default trains on the same base (157,024), so the two wirings are compared at equal
-    trainable capacity.
+    lavin: LaVIN-EAS's r_a = 8, r_s = 32 (eas_method.md §1.1) and 20 fine-tune epochs, at every width.
+    llava on LLaVA-1.5 (7B: 4096 wide, 13B: 5120): the scripts' r = 128 and 20 epochs.
+    llava on a narrower LLM (the tiny base, dim 256):
+    * r keeps the scripts' ratio r/dim = 128/4096 = 1/32 (an even r >= 2: the up-projection has 2
+      groups), r = 8 on the tiny base. The scripts' 128 there trained 710,400 parameters, 10 % of
+      the 7 M-parameter LLM (the recipe trains about 0.3 % of a 7B one); at 8 it trains 156,240,
+      within 0.5 % of the LaVIN-style default on the same base (157,024), so the two wirings are
+      compared at equal trainable capacity.
+    * 12 fine-tune epochs, not 20: its sequences are ~4x LaVIN's (93 prompt slots of vicuna_v1 and
+      64 patch tokens against LaVIN's 6 image and ~25 prompt slots), and with 20 epochs the default
+      job overran its 10 minutes on 2 CPU cores.
     """
     if arch == "lavin":
-        return {"adapter_dim": 8, "skip_dim": 32}
-    r = LLAVA_WIDTH if llm_dim >= LLAVA_LLM_DIM else max(2, 2 * round(LLAVA_WIDTH * llm_dim / LLAVA_LLM_DIM / 2))
-    return {"adapter_dim": r, "skip_dim": r}
+        return {"adapter_dim": 8, "skip_dim": 32, "finetune_epochs": FINETUNE_EPOCHS}
+    if llm_dim >= LLAVA_LLM_DIM:
+        return {"adapter_dim": LLAVA_WIDTH, "skip_dim": LLAVA_WIDTH, "finetune_epochs": FINETUNE_EPOCHS}
+    r = max(2, 2 * round(LLAVA_WIDTH * llm_dim / LLAVA_LLM_DIM / 2))
+    return {"adapter_dim": r, "skip_dim": r, "finetune_epochs": NARROW_LLAVA_FINETUNE}
+
+
+def defaults_note(cfg: TuneConfig, llm_dim: int) -> str:
+    """The widths and fine-tune epochs a run used and where they came from, for its report."""
+    used = f"r_a = {cfg.adapter_dim}, r_s = {cfg.skip_dim}, {cfg.finetune_epochs:g} fine-tune epochs"
+    defaults = arch_defaults(cfg.arch, llm_dim)
+    if any(getattr(cfg, k) != v for k, v in defaults.items()):
+        return f"{used} (set by flags; the {cfg.arch} defaults here: " + \
+            ", ".join(f"{k} {v:g}" for k, v in defaults.items()) + ")"
+    if cfg.arch == "lavin":
+        return f"{used} (LaVIN-EAS's)"
+    if llm_dim >= LLAVA_LLM_DIM:
+        return f"{used} (LLaVA-EAS scripts')"
+    return (f"{used} (LLaVA-EAS's r = {LLAVA_WIDTH} x {llm_dim}/{LLAVA_LLM_DIM} and a shorter fine-tune: "
+            f"the defaults of an LLM narrower than LLaVA-1.5's, eas.tune.config.arch_defaults)")
+
+
+def with_arch_defaults(cfg: TuneConfig, arch: str, llm_dim: int) -> TuneConfig:
+    """cfg with `arch` and its defaults (arch_defaults) filled in where the flags left them unset."""
+    unset = {k: v for k, v in arch_defaults(arch, llm_dim).items() if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, arch=arch, **unset)
 
 
 SEARCHES = ("lavin", "llava")
@@ -106,25 +135,6 @@ def with_search_defaults(cfg: TuneConfig) -> TuneConfig:
     """cfg with the --search variant's settings filled in where the flags left them unset."""
     unset = {k: v for k, v in SEARCH_DEFAULTS[cfg.search].items() if getattr(cfg, k) is None}
     return dataclasses.replace(cfg, **unset)
-
-
-def widths_note(arch: str, llm_dim: int, adapter_dim: int, skip_dim: int) -> str:
-    """The widths a run used and where they came from, for its report."""
-    used = f"r_a = {adapter_dim}, r_s = {skip_dim}"
-    if {"adapter_dim": adapter_dim, "skip_dim": skip_dim} != arch_widths(arch, llm_dim):
-        return f"{used} (--adapter-dim/--skip-dim)"
-    if arch == "lavin":
-        return f"{used} (LaVIN-EAS's)"
-    if llm_dim >= LLAVA_LLM_DIM:
-        return f"{used} (LLaVA-EAS scripts')"
-    return (f"{used} (LLaVA-EAS's {LLAVA_WIDTH} x {llm_dim}/{LLAVA_LLM_DIM}: the scripts' r/dim on an LLM "
-            f"narrower than LLaVA-1.5's)")
-
-
-def with_arch_defaults(cfg: TuneConfig, arch: str, llm_dim: int) -> TuneConfig:
-    """cfg with `arch` and its adapter widths (arch_widths) filled in where the flags left them unset."""
-    unset = {k: v for k, v in arch_widths(arch, llm_dim).items() if getattr(cfg, k) is None}
-    return dataclasses.replace(cfg, arch=arch, **unset)
 
 
 COUNTS = ("nas_every", "candidates", "val_batch", "batch_size", "accum", "adapter_dim", "skip_dim",
@@ -149,11 +159,13 @@ def validate(cfg: TuneConfig) -> None:
         _require(value in options, name, value, "one of " + ", ".join(o for o in options if o))
     for name in COUNTS:
         value = getattr(cfg, name)
-        if value is None and name in (*WIDTHS, *SEARCH_DEFAULTS["lavin"]):
+        if value is None and name in (*ARCH_FIELDS, *SEARCH_DEFAULTS["lavin"]):
             continue  # the architecture's or the search variant's default
         _require(isinstance(value, int) and value >= 1, name, value, "a whole number >= 1")
     for name in EPOCHS:
         value = getattr(cfg, name)
+        if value is None and name in ARCH_FIELDS:
+            continue
         _require(math.isfinite(value) and value >= 0, name, value, "a finite number of epochs >= 0")
     for name in ("lr", "projector_lr", "search_lr", "beta", "save_minutes"):
         value = getattr(cfg, name)

@@ -17,7 +17,7 @@ from eas.data.tasks import load_pixels
 from eas.model.image import pixel_loader
 from eas.io.merged import as_stored, save_merged
 from eas.tune.checkpoints import Checkpointer
-from eas.tune.config import dtype_name, widths_note
+from eas.tune.config import defaults_note, dtype_name
 from eas.tune.report import write_report
 from eas.tune.session import Session
 from eas.tune.train import autocast_context, trainable_state_dict
@@ -97,7 +97,7 @@ def build_report(s: Session, skip, examples, results: dict, forms: dict) -> dict
         "trajectories": s.search.trajectories().tolist() if searched else [],
         "accuracy": {k: v["accuracy"] for k, v in results.items()}, "results": results,
         "params": trainable_report(s.model),
-        "widths": widths_note(cfg.arch, s.model.llama.cfg.dim, cfg.adapter_dim, cfg.skip_dim), "router_constants": forms["static"].merge_info["router_constants"],
+        "defaults": defaults_note(cfg, s.model.llama.cfg.dim), "router_constants": forms["static"].merge_info["router_constants"],
         "merged": {"path": str(s.folder.path / "merged.pt"), "mode": cfg.merge},
         "kv_cache_share": len(forms[cfg.merge].llama.cfg.attention_layers) / s.n_units,
         "timings_s": {k: round(v, 1) for k, v in s.timings.items()},

@@ -37,7 +37,8 @@ def summary_lines(r: dict) -> list[str]:
              f"  skipped {r['unit']} units: {r['skip_layers']} ({len(r['skip_layers'])} of {r['n_units']}; "
              f"KV cache {100 * r['kv_cache_share']:.0f} % of the base)",
              f"  trainable parameters: {p['trainable']:,} = {100 * p['share_of_llm']:.2f} % of the LLM, "
-             f"{100 * p['share_of_model']:.2f} % of LLM + ViT; {r['widths']}",
+             f"{100 * p['share_of_model']:.2f} % of LLM + ViT",
+             f"  {r['defaults']}",
              "  time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in r["timings_s"].items())]
     parts = _breakdown(r).get("unmerged") or {}
     if 0 < len(parts) <= 12:
@@ -81,7 +82,7 @@ holds {100 * r['kv_cache_share']:.0f} % of the base model's.
 {metric}{_breakdown_section(r)}{_skipped_section(r)}
 
 Trainable parameters: {p['trainable']:,} ({100 * p['share_of_llm']:.3f} % of the LLM's {p['llm']:,};
-{100 * p['share_of_model']:.3f} % of LLM + ViT); adapter widths {r['widths']}.
+{100 * p['share_of_model']:.3f} % of LLM + ViT); {r['defaults']}.
 
 `merged.pt` ({r['merged']['mode']} merge) {kept}; {len(constants)} router constants
 (each adapter's mean route over training examples, listed in report.json) were folded into it.

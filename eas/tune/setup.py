@@ -40,7 +40,8 @@ def open_session(cfg: TuneConfig) -> Session:
     k = check_against_model(cfg, model.llama.cfg.n_layers)
     with rank_zero_first(rank == 0):
         task = load_task(cfg.task, cfg.data_root, cache_dir=cfg.cache_dir, setting=cfg.setting, seed=cfg.seed,
-                         image_size=model.cfg.vision.image_size, synthetic_per_class=cfg.synthetic_per_class)
+                         image_size=model.cfg.vision.image_size, synthetic_per_class=cfg.synthetic_per_class,
+                         arch=cfg.arch)
     batches = Batches(task, model, tok, device=device, dtype=dtype, seed=cfg.seed, batch_size=cfg.batch_size,
                       accum=cfg.accum, val_batch=cfg.val_batch, rank=rank, world=world)
     check_splits(cfg, task, world, stage_steps(cfg, k, batches.steps_per_epoch, "search") > 0)

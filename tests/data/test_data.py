@@ -442,3 +442,47 @@ def test_synthetic_classes_all_render_distinct_textured_scenes():
     images = [np.asarray(render(label, 1, 32, 0), np.float32) for label in AID_LABELS]
     assert len({x.tobytes() for x in images}) == 30
     assert min(x.std() for x in images) > 2.0  # every scene has texture, none is a flat colour
+
+
+# -- the LLaVA formats (--arch llava): LLaVA-1.5's questions, hand-written here -------------------
+
+def test_scienceqa_llava_prompts_exact(sqa_root):
+    from eas.data.scienceqa import build_llava_prompt
+    ex = {e.pid: e for e in load_scienceqa(sqa_root, "test", arch="llava")}
+    assert ex["3"].prompt == ("Context: Read.\nQuestion: Which word is a noun?\nOptions: (A) run (B) blue (C) cat\n"
+                              "Answer with the option's letter from the given choices directly.")
+    assert ex["3"].target == "C" and ex["2"].target == "A"
+    assert ex["2"].prompt.startswith("Context: N/A\nQuestion: Which is a state?\nOptions: (A) Ohio (B) Paris\n")
+    assert build_llava_prompt("Q?  ", " ", ["x", "y"], 1)[0].startswith("Context: N/A\nQuestion: Q? \nOptions:")
+
+
+def test_scienceqa_llava_answer_extraction_and_score(sqa_root):
+    from eas.data.scienceqa import extract_llava_answer
+    # LLaVA's eval_science_qa.py: the letter alone, "X. ...", or "The answer is X."; else a random choice
+    assert [extract_llava_answer(t) for t in ("B", " C\n", "D. cow", "so The answer is A.", "b", "cat", "A.")] == \
+        ["B", "C", "D", "A", None, None, None]
+    examples = load_scienceqa(sqa_root, arch="llava")
+    predictions = ["B", "B", "C", "A", "A"]  # right, wrong, right, wrong, right (as the LaVIN test above)
+    s = score_scienceqa(predictions, examples, extract=extract_llava_answer)
+    assert s["accuracy"] == pytest.approx(60.0) and "LLaVA's extraction" in s["metric"]
+    assert extract_answer("B") is None  # LaVIN's extraction would not read the bare letter
+
+
+def test_llava_formats_of_every_task(tmp_path):
+    from eas.data.tasks import load_task
+    from eas.model.llava import llava_question
+    aid = load_task("aid", None, cache_dir=tmp_path / "cache", synthetic_per_class=3, image_size=16, arch="llava")
+    assert {e.prompt for e in aid.train + aid.test} == {"What is the label for this image?\n"
+                                                        "Answer the question using a single word."}
+    lavin = load_task("aid", None, cache_dir=tmp_path / "cache", synthetic_per_class=3, image_size=16)
+    assert llava_question(lavin.train[0].prompt) == aid.train[0].prompt  # the text LLaVA-style runs always read
+    root = write_slake(tmp_path / "slake", {s: [_slake_entry(i, "Is this a CT?", "Yes", "CLOSED")]
+                                            for i, s in enumerate(("train", "validate", "test"))})
+    slake = load_task("slake", str(root), cache_dir=tmp_path, arch="llava")
+    assert slake.test[0].prompt == "Is this a CT?\nAnswer the question using a single word or phrase."
+    assert slake.prompt_format.fill("Q") == "Q\nAnswer the question using a single word or phrase."
+    assert load_task("slake", str(root), cache_dir=tmp_path).test[0].prompt == "Question: Is this a CT?\nResponse:"
+    for task in (aid, slake):  # Llava.build_batch leaves a LLaVA-form question as it is
+        assert llava_question(task.test[0].prompt) == task.test[0].prompt
+    with pytest.raises(DataError, match="unknown wiring 'blip'"):
+        load_task("aid", None, cache_dir=tmp_path / "cache", arch="blip")

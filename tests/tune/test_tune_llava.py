@@ -43,7 +43,8 @@ def test_llava_arch_end_to_end(base, tmp_path):
     report = tune(TuneConfig(base=str(base), cache_dir=str(tmp_path / "cache"), out=str(out), arch="llava", **SMALL))
     assert report["config"]["arch"] == "llava"
     assert (report["config"]["adapter_dim"], report["config"]["skip_dim"]) == (2, 2)  # 128/4096 of dim 64
-    assert report["widths"].startswith("r_a = 2, r_s = 2 (LLaVA-EAS's 128 x 64/4096")
+    assert report["defaults"].startswith("r_a = 2, r_s = 2, 1 fine-tune epochs (set by flags; the llava defaults "
+                                         "here: adapter_dim 2, skip_dim 2, finetune_epochs 12)")
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 16
     assert [r["dynamic"] for r in rows] == [r["unmerged"] for r in rows]
@@ -75,13 +76,22 @@ def test_generate_answers_with_a_tuned_llava_merged_pt(base, tmp_path, capsys):
     assert capsys.readouterr().out.removesuffix("\n").split("\n") == [r["static"] for r in rows]
 
 
-def test_llava_widths_rule():
-    """LLaVA-1.5 (7B: 4096 wide, 13B: 5120) keeps the scripts' 128; a narrower LLM keeps 128/4096 of its width."""
-    from eas.tune.config import arch_widths
-    assert arch_widths("llava", 4096) == arch_widths("llava", 5120) == {"adapter_dim": 128, "skip_dim": 128}
-    assert arch_widths("llava", 256) == {"adapter_dim": 8, "skip_dim": 8}
-    assert arch_widths("llava", 64) == {"adapter_dim": 2, "skip_dim": 2}
-    assert arch_widths("lavin", 256) == arch_widths("lavin", 4096) == {"adapter_dim": 8, "skip_dim": 32}
+def test_llava_defaults_rule():
+    """LLaVA-1.5 (7B: 4096 wide, 13B: 5120) keeps the scripts' 128 and 20 epochs; a narrower LLM keeps
+    128/4096 of its width and fine-tunes 12 epochs."""
+    from eas.tune.config import TuneConfig, arch_defaults, defaults_note, with_arch_defaults
+    full = {"adapter_dim": 128, "skip_dim": 128, "finetune_epochs": 20.0}
+    assert arch_defaults("llava", 4096) == arch_defaults("llava", 5120) == full
+    assert arch_defaults("llava", 256) == {"adapter_dim": 8, "skip_dim": 8, "finetune_epochs": 12.0}
+    assert arch_defaults("llava", 64)["adapter_dim"] == 2
+    assert arch_defaults("lavin", 256) == arch_defaults("lavin", 4096) == {"adapter_dim": 8, "skip_dim": 32,
+                                                                          "finetune_epochs": 20.0}
+    cfg = with_arch_defaults(TuneConfig(adapter_dim=16), "llava", 256)
+    assert (cfg.adapter_dim, cfg.skip_dim, cfg.finetune_epochs) == (16, 8, 12.0)  # a flag wins over the rule
+    assert defaults_note(with_arch_defaults(TuneConfig(), "llava", 256), 256) == (
+        "r_a = 8, r_s = 8, 12 fine-tune epochs (LLaVA-EAS's r = 128 x 256/4096 and a shorter fine-tune: the "
+        "defaults of an LLM narrower than LLaVA-1.5's, eas.tune.config.arch_defaults)")
+    assert defaults_note(with_arch_defaults(TuneConfig(), "llava", 4096), 4096).endswith("(LLaVA-EAS scripts')")
 
 
 def test_tiny_llava_default_trains_as_many_parameters_as_lavin():
@@ -89,13 +99,14 @@ def test_tiny_llava_default_trains_as_many_parameters_as_lavin():
     from eas.adapters.attach import EASConfig, add_adapters, freeze_routers, mark_trainable, set_skipped
     from eas.adapters.params import trainable_report
     from eas.io.assemble import llava_form
-    from eas.tune.config import arch_widths
+    from eas.tune.config import arch_defaults
     counts = {}
     for arch in ("lavin", "llava"):
         model = Lavin(LavinConfig.named("tiny"))
         if arch == "llava":
             model = llava_form(model.llama, model.visual)
-        add_adapters(model, EASConfig(**arch_widths(arch, model.llama.cfg.dim)))
+        widths = arch_defaults(arch, model.llama.cfg.dim)
+        add_adapters(model, EASConfig(adapter_dim=widths["adapter_dim"], skip_dim=widths["skip_dim"]))
         freeze_routers(mark_trainable(model))
         set_skipped(model.llama, (6, 7))  # K = 2 of 8, the default
         counts[arch] = trainable_report(model)["trainable"]
@@ -126,3 +137,23 @@ def test_llava_search_variant_end_to_end(base, tmp_path):
             s[subnet] += adv * p[subnet] * (1 - p[subnet])
         assert torch.allclose(s, torch.tensor(r["scores"], dtype=torch.float64), atol=2e-5)
     assert report["preferences"] == pytest.approx(s.tolist(), abs=2e-5)
+
+
+@pytest.mark.parametrize("task", ["scienceqa", "slake"])
+def test_llava_formats_of_scienceqa_and_slake_end_to_end(task, base, tmp_path):
+    """--arch llava on the real on-disk formats: LLaVA-1.5's questions and answers are what tune trains on,
+    scores, and records in merged.pt; the merged forms answer as the adapters do."""
+    from eas.data.scienceqa import SCIENCEQA_LLAVA_FORMAT
+    from eas.data.slake import SLAKE_LLAVA_FORMAT
+    from tests.tune.test_tune import TASK_SMALL, _scienceqa_set, _slake_set
+    root = (_scienceqa_set if task == "scienceqa" else _slake_set)(tmp_path / task)
+    out = tmp_path / "run"
+    report = tune(TuneConfig(task=task, data_root=str(root), base=str(base), cache_dir=str(tmp_path / "cache"),
+                             out=str(out), arch="llava",
+                             **{**TASK_SMALL, "max_test": 4, "skip": None, "skip_set": (1,), "finetune_epochs": 1}))
+    fmt = SCIENCEQA_LLAVA_FORMAT if task == "scienceqa" else SLAKE_LLAVA_FORMAT
+    assert load_merged(out / "merged.pt").prompt_format == fmt
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and [r["static"] for r in rows] == [r["dynamic"] for r in rows] == [r["unmerged"] for r in rows]
+    if task == "scienceqa":
+        assert "LLaVA's extraction" in report["results"]["unmerged"]["metric"]
