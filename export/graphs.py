@@ -2,6 +2,7 @@
 
     embed    tokens [B, T] (+ modality_slot [B, T], has_image [B])  -> embeds [B, T, C]
     vision   pixels [N, 3, S, S]                                     -> image_embeds [N, K, C]
+             (LaVIN: ViT CLS taps + projector, K = 6; LLaVA: tower + mlp2x_gelu on patch tokens, K = grid²)
     prefill  embeds, positions, key_mask, prompt_mask [B, T]         -> logits [B, V],
              present.k.i / present.v.i [B, T, H, D] (kept layers), adapter tensors [B, n]
     decode   token, position [B], key_mask [B, P], past.k.i / past.v.i [B, P, H, D],
@@ -21,7 +22,21 @@ import torch
 from torch import nn
 
 from eas.adapters.attach import llama_of
+from eas.model.lavin import Lavin
 from eas.model.llama import Llama
+from eas.model.llava import Llava
+
+
+def wiring(model: nn.Module) -> str:
+    """text (a bare LLaMA), lavin or llava: which sequence layout and graphs the export has."""
+    if isinstance(model, Llava):
+        return "llava"
+    return "lavin" if isinstance(model, Lavin) else "text"
+
+
+def n_image_tokens(model: nn.Module) -> int:
+    """Image tokens per image: LaVIN's CLS taps or LLaVA's patch tokens."""
+    return model.cfg.n_image_tokens if isinstance(model, Llava) else model.cfg.n_visual_tokens
 
 
 @dataclass(frozen=True)
@@ -51,10 +66,12 @@ def state_layout(llama: Llama) -> StateLayout:
 
 
 class EmbedGraph(nn.Module):
+    """Token embeddings (LaVIN: and its modality embedding); image slots are overwritten afterwards."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.lavin = model is not llama_of(model)
+        self.lavin = wiring(model) == "lavin"
 
     def input_names(self) -> list[str]:
         return ["tokens", "modality_slot", "has_image"] if self.lavin else ["tokens"]
@@ -65,7 +82,7 @@ class EmbedGraph(nn.Module):
     def forward(self, tokens, modality_slot=None, has_image=None):
         if self.lavin:
             return self.model.embed_text(tokens, modality_slot, has_image)
-        return self.model.tok_embeddings(tokens)
+        return llama_of(self.model).tok_embeddings(tokens)
 
 
 class VisionGraph(nn.Module):

@@ -1,34 +1,56 @@
 """The prompt layout, rebuilt from manifest.json alone (what a C++ runtime does; numpy only).
 
-A test checks it against eas.model.lavin.build_batch / eas.model.tokenizer.left_pad, so the manifest's
-"sequence" section is provably all a runtime needs. Rows are left-padded:
+A test checks it against the models' own batch builders (eas.model.lavin.build_batch,
+eas.model.llava.build_llava_batch, eas.model.tokenizer.left_pad), so the manifest's "sequence"
+section is provably all a runtime needs. Rows are left-padded:
 
     LaVIN      [pad.. | modality | BOS | prefix ids | image slots (with an image) | prompt ids]
+    LLaVA      [pad.. | BOS | conversation before <image> | image slots | conversation after it]
+               (without an image: [pad.. | BOS | the whole conversation])
     text-only  [pad.. | BOS | prompt ids]
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+Pieces = tuple[list[int], list[int]]  # token ids before the image slots, ids after them
 
-def build_layout(sequence: dict, prompts: Sequence[Sequence[int]], has_image: Sequence[bool]) -> dict[str, np.ndarray]:
-    """Encoded prompts (no BOS/EOS) -> the embed/prefill inputs, each [B, T] except has_image [B].
+
+def prompt_pieces(sequence: dict, encode: Callable[[str], list[int]], prompt: str, image: bool) -> Pieces:
+    """One prompt's ids around its image slots; encode(text) gives ids without BOS/EOS, and each
+    piece of text is encoded on its own."""
+    kind = sequence["kind"]
+    if image and kind == "text":
+        raise ValueError("a text-only model takes no image")
+    if kind == "lavin":
+        return list(sequence["prefix_ids"]["image" if image else "text"]), encode(prompt)
+    if kind == "text":
+        return [], encode(prompt)
+    strip = sequence["strip"]
+    question = prompt.removeprefix(strip["prefix"]).removesuffix(strip["suffix"]).strip()
+    marker = sequence["image_marker"]
+    if question.count(marker) > (1 if image else 0):
+        raise ValueError(f"a prompt may hold {marker} once, and only with an image: {question!r}")
+    inline = marker in question  # the user placed the image: the question is the whole message
+    template = sequence["conversation"]["image" if image and not inline else "text"]
+    before, _, after = template.replace("{prompt}", question).partition(marker)
+    return encode(before), encode(after) if image else []
+
+
+def build_layout(sequence: dict, pieces: Sequence[Pieces], has_image: Sequence[bool]) -> dict[str, np.ndarray]:
+    """prompt_pieces of each example -> the embed/prefill inputs, each [B, T] except has_image [B].
 
     image_slots marks where the vision graph's image tokens are copied, in row order."""
     lavin = sequence["kind"] == "lavin"
     rows = []
-    for ids, image in zip(prompts, has_image):
-        if image and not lavin:
+    for (before, after), image in zip(pieces, has_image):
+        if image and sequence["kind"] == "text":
             raise ValueError("a text-only model takes no image")
-        if lavin:
-            prefix = sequence["prefix_ids"]["image" if image else "text"]
-            n_img = sequence["n_image_tokens"] if image else 0
-            head = [sequence["slot_id"], sequence["bos_id"], *prefix]
-            rows.append((head + [sequence["slot_id"]] * n_img + list(ids), len(head), n_img))
-        else:
-            rows.append(([sequence["bos_id"], *ids], 0, 0))
+        n_img = sequence["n_image_tokens"] if image else 0
+        head = ([sequence["slot_id"]] if lavin else []) + [sequence["bos_id"], *before]
+        rows.append((head + [sequence["slot_id"]] * n_img + list(after), len(head), n_img))
     B, T = len(rows), max(len(r[0]) for r in rows)
     out = {k: np.zeros((B, T), dtype=bool) for k in ("valid", "modality_slot", "image_slots")}
     tokens = np.full((B, T), sequence["pad_id"], dtype=np.int64)

@@ -6,10 +6,12 @@ shapes and dtypes are those of the files. Paths are relative to the manifest's f
 from __future__ import annotations
 
 from eas.adapters.attach import llama_of
+from eas.errors import UsageError
 from eas.model.image import IMAGENET_MEAN, IMAGENET_STD, PIXEL_DIVISOR
 from eas.model.lavin import IMAGE_PREFIX, NO_IMAGE_PREFIX
+from eas.model.llava import IMAGE, llava_question, vicuna_v1
 from eas.model.tokenizer import Tokenizer
-from export.graphs import StateLayout
+from export.graphs import StateLayout, n_image_tokens, wiring
 from export.onnx_export import GraphSpec
 
 # 2: the task's prompt format; the image section's divisor replaces scale.
@@ -27,10 +29,12 @@ def profiles(max_batch: int, max_seq: int) -> dict[str, list[int]]:
 
 def sequence_section(model, tok: Tokenizer) -> dict:
     common = {"bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "slot_id": 0}
-    if model is llama_of(model):
+    if wiring(model) == "text":
         return {"kind": "text", **common,
                 "layout": "[pad.. | BOS | prompt]; positions count from 0 at BOS; key_mask = prompt_mask = "
                           "non-pad slots"}
+    if wiring(model) == "llava":
+        return llava_sequence(model, common)
     return {"kind": "lavin", **common,
             "layout": "[pad.. | modality | BOS | prefix | image slots (image only) | prompt]; positions count "
                       "from 0 at the modality slot (0 on pads); key_mask = non-pad slots except the modality "
@@ -43,12 +47,37 @@ def sequence_section(model, tok: Tokenizer) -> dict:
             "modality_ids": {"text": 0, "image": 1}}
 
 
+def llava_sequence(model, common: dict) -> dict:
+    """LLaVA-1.5's vicuna_v1 conversation (eas.model.llava), as templates a runtime fills."""
+    fmt = model.prompt_format
+    if llava_question(fmt.fill("q")) != fmt.fill("q"):
+        raise UsageError(f"the LLaVA model's recorded prompt template {fmt.template!r} is LaVIN's frame (a run "
+                         f"tuned before LLaVA formats existed); tune it again to export it")
+    return {"kind": "llava", **common,
+            "layout": "[pad.. | BOS | conversation before image_marker | image slots | conversation after it]; "
+                      "without an image [pad.. | BOS | conversation]; positions count from 0 at BOS; key_mask = "
+                      "prompt_mask = non-pad slots; tokens = slot_id at image slots",
+            "strip": {"prefix": "Question: ", "suffix": "Response:"},
+            "conversation": {"image": vicuna_v1(f"{IMAGE}\n{{prompt}}"), "text": vicuna_v1("{prompt}")},
+            "image_marker": IMAGE,
+            "prompt_encoding": "the prompt, with strip.prefix and strip.suffix removed and then surrounding "
+                               "whitespace, replaces {prompt} in conversation.image (with an image) or .text; a "
+                               "prompt holding image_marker once takes .text and places the image itself; the "
+                               "text before and after image_marker is encoded on its own, without BOS/EOS",
+            "n_image_tokens": n_image_tokens(model)}
+
+
 def image_section(model) -> dict | None:
-    if model is llama_of(model):
+    if wiring(model) == "text":
         return None
+    llava = wiring(model) == "llava"
+    mean, std = (model.cfg.image_mean, model.cfg.image_std) if llava else (IMAGENET_MEAN, IMAGENET_STD)
     return {"size": model.cfg.vision.image_size, "layout": "NCHW, RGB",
-            "resize": "PIL bicubic (antialiased) to size x size, also when already square",
-            "divisor": PIXEL_DIVISOR, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "pad_to_square": [int(m * 255) for m in mean] if llava else None,
+            "resize": "first, with pad_to_square, the image centred on a square of its longer side filled with "
+                      "that RGB colour (LLaVA's expand2square); then PIL bicubic (antialiased) to size x size, "
+                      "also when already square",
+            "divisor": PIXEL_DIVISOR, "mean": list(mean), "std": list(std),
             "formula": "(pixel / divisor - mean[c]) / std[c] in float32, each step rounded (a division, not a "
                        "multiply by 1/divisor)"}
 

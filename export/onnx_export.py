@@ -24,7 +24,8 @@ from torch import nn
 
 from eas.adapters.attach import llama_of
 from export.attention_symbolic import fp32_softmax_attention
-from export.graphs import DecodeGraph, EmbedGraph, PrefillGraph, StateLayout, VisionGraph, state_layout
+from export.graphs import (DecodeGraph, EmbedGraph, PrefillGraph, StateLayout, VisionGraph, n_image_tokens,
+                           state_layout, wiring)
 
 OPSET = 18
 DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64", torch.bool: "bool"}
@@ -62,7 +63,7 @@ class GraphSpec:
 
 
 def graph_specs(model: nn.Module) -> tuple[list[GraphSpec], StateLayout]:
-    """The graphs of a merged Llama or Lavin (vision only for a Lavin), with their I/O."""
+    """The graphs of a merged Llama, Lavin or Llava (vision only with an image tower), with their I/O."""
     llama = llama_of(model)
     cfg = llama.cfg
     fdt = DTYPES[llama.tok_embeddings.weight.dtype]
@@ -73,10 +74,10 @@ def graph_specs(model: nn.Module) -> tuple[list[GraphSpec], StateLayout]:
     masks = [TensorSpec("modality_slot", ("batch", "seq"), "bool"), TensorSpec("has_image", ("batch",), "bool")]
     specs = [GraphSpec("embed", embed, [TensorSpec("tokens", ("batch", "seq"), "int64")] + (masks if embed.lavin else []),
                        [TensorSpec("embeds", ("batch", "seq", cfg.dim), fdt)])]
-    if embed.lavin:
+    if wiring(model) != "text":
         size = model.cfg.vision.image_size
         specs.append(GraphSpec("vision", VisionGraph(model), [TensorSpec("pixels", ("images", 3, size, size), fdt)],
-                               [TensorSpec("image_embeds", ("images", model.cfg.n_visual_tokens, cfg.dim), fdt)]))
+                               [TensorSpec("image_embeds", ("images", n_image_tokens(model), cfg.dim), fdt)]))
     adapters = [TensorSpec(n, ("batch", size), fdt) for n, size in zip(layout.adapter_names, layout.adapter_sizes)]
     logits = TensorSpec("logits", ("batch", cfg.vocab_size), fdt)
     specs.append(GraphSpec(

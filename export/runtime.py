@@ -18,9 +18,9 @@ from PIL import Image
 from eas.data.prompt import PromptFormat
 from eas.errors import CheckpointError, UsageError
 from eas.io.files import read_json
-from eas.model.image import pixel_array
+from eas.model.image import expand2square, pixel_array
 from eas.model.tokenizer import Tokenizer
-from export.layout import build_layout
+from export.layout import build_layout, prompt_pieces
 from export.manifest import FORMAT, VERSION
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -39,6 +39,8 @@ def load_manifest(folder: Path) -> dict:
 
 def preprocess(image: Image.Image, spec: dict) -> np.ndarray:
     """PIL image -> [3, S, S] as the manifest's "image" section says (eas/model/image.py's code)."""
+    if spec.get("pad_to_square") is not None:  # LLaVA (absent from exports made before LLaVA's)
+        image = expand2square(image.convert("RGB"), tuple(spec["pad_to_square"]))
     return pixel_array(image, spec["size"], spec["mean"], spec["std"], spec["divisor"])
 
 
@@ -55,8 +57,9 @@ class Runtime(ABC):
 
     def generate(self, prompts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int) -> list[list[int]]:
         """Greedy new tokens per prompt (without the EOS that ended it); images[i] None = text only."""
-        ids = [self.tokenizer.encode(p, bos=False, eos=False) for p in prompts]
-        layout = build_layout(self.manifest["sequence"], ids, [im is not None for im in images])
+        encode = lambda text: self.tokenizer.encode(text, bos=False, eos=False)  # noqa: E731
+        pieces = [prompt_pieces(self.manifest["sequence"], encode, p, im is not None) for p, im in zip(prompts, images)]
+        layout = build_layout(self.manifest["sequence"], pieces, [im is not None for im in images])
         pixels = [preprocess(im, self.manifest["image"]) for im in images if im is not None]
         return self.generate_layout(layout, np.stack(pixels) if pixels else None, max_new_tokens)
 

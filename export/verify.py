@@ -17,7 +17,7 @@ from PIL import Image
 from eas.errors import EASError
 from eas.model.image import preprocess
 from eas.model.tokenizer import Tokenizer
-from export.layout import build_layout
+from export.layout import build_layout, prompt_pieces
 from export.onnx_export import GraphSpec, example_inputs
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
@@ -66,14 +66,15 @@ def check(spec: GraphSpec, session: ort.InferenceSession, inputs: list[torch.Ten
 
 def real_inputs(model, specs: dict[str, GraphSpec], tok: Tokenizer, sequence: dict) -> dict[str, list[torch.Tensor]]:
     """Inputs of every graph along one real generation step, computed by the PyTorch graphs."""
-    lavin = "vision" in specs
-    prompts = REAL_PROMPTS if lavin else [(p, False) for p, _ in REAL_PROMPTS]
-    ids = [tok.encode(p, bos=False, eos=False) for p, _ in prompts]
-    lay = {k: torch.from_numpy(v) for k, v in build_layout(sequence, ids, [i for _, i in prompts]).items()}
-    out = {"embed": [lay["tokens"], lay["modality_slot"], lay["has_image"]] if lavin else [lay["tokens"]]}
+    vision = "vision" in specs
+    prompts = REAL_PROMPTS if vision else [(p, False) for p, _ in REAL_PROMPTS]
+    encode = lambda text: tok.encode(text, bos=False, eos=False)  # noqa: E731
+    pieces = [prompt_pieces(sequence, encode, p, image) for p, image in prompts]
+    lay = {k: torch.from_numpy(v) for k, v in build_layout(sequence, pieces, [i for _, i in prompts]).items()}
+    out = {"embed": [lay[t.name] for t in specs["embed"].inputs]}
     with torch.no_grad():
         embeds = specs["embed"].module(*out["embed"])
-        if lavin:
+        if vision:
             out["vision"] = [real_photo(model.cfg.vision.image_size).to(embeds.dtype)]
             embeds[lay["image_slots"]] = specs["vision"].module(*out["vision"]).flatten(0, 1)
         out["prefill"] = [embeds, lay["positions"], lay["key_mask"], lay["prompt_mask"]]

@@ -1,5 +1,5 @@
-"""Small merged models saved as merged.pt, for the export tests: LaVIN-style or text-only, static
-or dynamic, adapters set as after training (non-zero everywhere) so the merge changes the model."""
+"""Small merged models saved as merged.pt, for the export tests: LaVIN-style, LLaVA-style or
+text-only, static or dynamic, adapters set as after training (non-zero everywhere) so the merge changes the model."""
 from __future__ import annotations
 
 import atexit
@@ -14,10 +14,11 @@ from eas.adapters.attach import EASConfig, add_adapters
 from eas.adapters.calibrate import calibrate_routes
 from eas.adapters.merge import merge
 from eas.adapters.pia import PIA
-from eas.data.aid import AID_FORMAT
+from eas.data.aid import AID_FORMAT, AID_LLAVA_FORMAT
 from eas.io.merged import save_merged
-from eas.model.config import LavinConfig, LlamaConfig, VisionConfig
+from eas.model.config import LavinConfig, LlamaConfig, LlavaConfig, VisionConfig
 from eas.model.lavin import Lavin
+from eas.model.llava import Llava
 from eas.model.llama import Llama
 from eas.model.tokenizer import Tokenizer, left_pad, train_tokenizer
 
@@ -46,6 +47,9 @@ def make_merged(folder: Path, tok: Tokenizer, kind: str, mode: str, seed: int = 
     llama_cfg = LlamaConfig.named("test", vocab_size=VOCAB)
     if kind == "lavin":
         model = Lavin(LavinConfig(llama=llama_cfg, vision=VisionConfig.named("test"))).init_weights(gen)
+    elif kind == "llava":
+        llama_cfg = LlamaConfig.named("test", vocab_size=VOCAB, max_seq_len=256)  # vicuna_v1's system prompt is long
+        model = Llava(LlavaConfig(llama=llama_cfg, vision=VisionConfig.named("test"))).init_weights(gen)
     else:
         model = Llama(llama_cfg).init_weights(gen)
     model = add_adapters(model, EASConfig(adapter_dim=4, skip_dim=8, skip_layers=SKIP)).eval()
@@ -54,7 +58,7 @@ def make_merged(folder: Path, tok: Tokenizer, kind: str, mode: str, seed: int = 
             for p in m.parameters():
                 p.data = torch.randn(p.shape, generator=gen) * 0.2
     if mode == "static":
-        if kind == "lavin":
+        if kind != "text":
             batch = model.build_batch(tok, [(p, None, img) for p, img in PROMPTS])
             calibrate_routes(model, [(batch, pixels(3, model.cfg.vision.image_size))], forward=lambda m, b: m(*b))
         else:
@@ -62,7 +66,8 @@ def make_merged(folder: Path, tok: Tokenizer, kind: str, mode: str, seed: int = 
             calibrate_routes(model, [(model.tok_embeddings(tokens), positions, mask, mask)])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "merged.pt"
-    save_merged(merge(model, mode), path, AID_FORMAT, tokenizer="../tokenizer.model")
+    save_merged(merge(model, mode), path, AID_LLAVA_FORMAT if kind == "llava" else AID_FORMAT,
+                tokenizer="../tokenizer.model")
     return path
 
 

@@ -171,6 +171,8 @@ def test_a_task_without_its_own_question_needs_a_prompt(app, tmp_path):
 
 
 def test_errors_for_requests_the_export_cannot_serve(app):
+    llava = error_of(run(app, "eas_generate", "--engine", str(exported("llava", "static")), "--prompt", "Hi"))
+    assert 'key sequence.kind is "llava": this app runs LaVIN-style and text-only exports' in llava
     text = exported("text", "static")
     assert "text-only" in error_of(run(app, "eas_generate", "--engine", str(text), "--prompt", "Hi", "--image", str(CHINA)))
     message = error_of(run(app, "eas_generate", "--engine", str(text), "--prompt", "Hi", "--max-new-tokens", "1000"))

@@ -14,7 +14,7 @@ from eas.model.generate import generate
 from eas.model.image import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from eas.model.lavin import build_batch
 from eas.model.tokenizer import Tokenizer
-from export.layout import build_layout
+from export.layout import build_layout, prompt_pieces
 from export.ort_runtime import OrtRuntime
 from export.runtime import preprocess as manifest_preprocess
 from export_fixtures import encode_batch, exported
@@ -58,8 +58,8 @@ def test_layout_from_the_manifest_equals_build_batch():
     tok = Tokenizer(folder / "tokenizer.model")
     examples = [(p, i is not None) for p, i in BATCH_3]
     ref = build_batch(tok, [(p, None, img) for p, img in examples], manifest["sequence"]["n_image_tokens"])
-    got = build_layout(manifest["sequence"], [tok.encode(p, bos=False, eos=False) for p, _ in examples],
-                       [img for _, img in examples])
+    got = build_layout(manifest["sequence"], [prompt_pieces(manifest["sequence"], lambda s: tok.encode(s, bos=False, eos=False),
+                                                            p, img) for p, img in examples], [img for _, img in examples])
     for name in ("tokens", "positions", "key_mask", "prompt_mask", "modality_slot", "image_slots", "has_image"):
         np.testing.assert_array_equal(got[name], getattr(ref, name).numpy(), err_msg=name)
 
@@ -70,11 +70,11 @@ def test_text_layout_from_the_manifest_equals_left_pad():
     tok = Tokenizer(folder / "tokenizer.model")
     prompts = [p for p, _ in BATCH_3]
     tokens, positions, mask = encode_batch(tok, prompts)
-    got = build_layout(manifest["sequence"], [tok.encode(p, bos=False, eos=False) for p in prompts], [False] * 3)
+    got = build_layout(manifest["sequence"], [([], tok.encode(p, bos=False, eos=False)) for p in prompts], [False] * 3)
     for name, ref in (("tokens", tokens), ("positions", positions), ("key_mask", mask), ("prompt_mask", mask)):
         np.testing.assert_array_equal(got[name], ref.numpy(), err_msg=name)
     with pytest.raises(ValueError, match="text-only model takes no image"):
-        build_layout(manifest["sequence"], [[5]], [True])
+        build_layout(manifest["sequence"], [([], [5])], [True])
 
 
 def torchvision_style(image: Image.Image, size: int) -> np.ndarray:

@@ -92,6 +92,9 @@ std::vector<TensorSpec> read_tensors(const Reader& r, const std::string& key) {
 SequenceSpec read_sequence(const Reader& r) {
     SequenceSpec s;
     const std::string kind = r.get<std::string>("sequence.kind", "a string");
+    if (kind == "llava")
+        r.fail("sequence.kind", "is \"llava\": this app runs LaVIN-style and text-only exports; ask a LLaVA export "
+                                "with python run.py generate --engine DIR");
     if (kind != "lavin" && kind != "text") r.fail("sequence.kind", "is \"" + kind + "\", expected \"lavin\" or \"text\"");
     s.lavin = kind == "lavin";
     s.bos_id = r.get<int64_t>("sequence.bos_id", "an integer");
