@@ -185,7 +185,7 @@ TUNE_HELP = {
     "adapter_dim": "PIA-A width r_a (default 8 for lavin; for llava 128, times dim/4096 on an LLM narrower than "
                    "LLaVA-1.5's: 8 on the tiny base)",
     "skip_dim": "PIA-S width r_s (default 32 for lavin; for llava as r_a)",
-    "finetune_epochs": "epochs of the final fine-tune (default 20; 12 for the LLaVA form of an LLM narrower than "
+    "finetune_epochs": "epochs of the final fine-tune (default 20; 10 for the LLaVA form of an LLM narrower than "
                        "LLaVA-1.5's, as on the tiny base)",
     "projector_lr": "learning rate of the visual projector (default: --lr, as LLaVA-EAS trains mm_projector)",
     "search": "the bandit: lavin (softmax policy, reward on a val batch; eas_method.md 3.1) or llava (sigmoid "
