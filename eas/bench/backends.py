@@ -61,12 +61,17 @@ class Compiled(Eager):
     def __init__(self, model, slots: int):
         super().__init__(model, slots)
         mode = "reduce-overhead" if self.device.type == "cuda" else None
+        # Every variant compiles the same code object (Llama.decode_step) for its own model: room
+        # for all of them, or dynamo silently falls back to eager after the default 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.step = torch.compile(model.decode_step, mode=mode, dynamic=False)
 
 
-def ort_options(threads: int, level: str = "all"):
+def ort_options(threads: int, level: str = "all", profile: bool = False):
     import onnxruntime as ort
     opts = ort.SessionOptions()
+    opts.enable_profiling = profile
+    opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "eas-bench-ort-profile")
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -77,7 +82,7 @@ def ort_options(threads: int, level: str = "all"):
 class Ort:
     """The model's exported graphs in ONNX Runtime (CPU provider); exported to a temporary folder."""
 
-    def __init__(self, model, threads: int, level: str = "all"):
+    def __init__(self, model, threads: int, level: str = "all", profile: bool = False):
         import onnxruntime as ort
         from export.onnx_export import export_graph, graph_specs
         specs, self.layout = graph_specs(model)
@@ -87,7 +92,7 @@ class Ort:
                 path = Path(tmp) / spec.file
                 export_graph(spec, path, model.cfg.vocab_size)
                 self.weights += sum(f.stat().st_size for f in Path(tmp).glob(spec.file + "*"))
-                self.sessions[spec.name] = ort.InferenceSession(str(path), ort_options(threads, level),
+                self.sessions[spec.name] = ort.InferenceSession(str(path), ort_options(threads, level, profile),
                                                                 providers=["CPUExecutionProvider"])
         self.past: list[np.ndarray] = []
 

@@ -48,6 +48,8 @@ def add_parser(sub) -> None:
     b.add_argument("--variants", nargs="+", default=list(cost.KINDS), help=f"any of {list(cost.KINDS)}")
     b.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
     b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--profile", action="store_true", help="add where the base model's decode time goes "
+                   "(torch.profiler; ONNX Runtime's profiler with --backends ort)")
     b.add_argument("--out", type=Path, help="markdown page whose section for this size is (re)written")
 
 
@@ -90,7 +92,7 @@ def available(backends: list[str]) -> tuple[list[str], list[str]]:
 
 
 def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,), batch=(1,), backends=("eager", "ort"),
-          variants=cost.KINDS, rounds=3, threads=2, out=None, argv=None) -> list[dict]:
+          variants=cost.KINDS, rounds=3, threads=2, out=None, profile=False, argv=None) -> list[dict]:
     cfg = check(size, layers, skip, prompt, generate, batch, backends, variants, rounds, threads, out)
     torch.set_num_threads(threads)
     backends, notes = available(list(backends))
@@ -100,16 +102,21 @@ def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,
     cells = [Cell(k, p, g, b) for k in skip for p in prompt for g in generate for b in batch]
     slots = max(prompt) + max(generate)
     cache, rows = {}, []
-    bar = tqdm(total=len(cells) * (rounds + 1) * len(backends) * len(variants), desc=f"bench {size}", unit="run")
+    bar = tqdm(total=0, desc=f"bench {size}", unit="run")  # grows as each K's sessions are built
     for k in sorted(set(skip)):
+        sessions = None  # the previous K's models go before the next ones are built
         sessions, skipped = build_sessions(base, k, variants, backends, slots, threads, cache)
         notes += [s for s in skipped if s not in notes]
         for cell in [c for c in cells if c.k == k]:
             use = {key: s for key, s in sessions.items() if cell.batch == 1 or not key[0].startswith("llama.cpp")}
+            bar.total += len(use) * (rounds + 1)
+            bar.refresh()
             for r in time_cell(use, cell, rounds, cfg.vocab_size, bar.update):
                 rows.append({**r, "k": k, "prompt": cell.prompt, "generated": cell.generated, "batch": cell.batch})
     bar.close()
     section = render(cfg, size, rows, notes, argv, out)
+    if profile:
+        section += "\n" + "\n".join(profiles(base, cells[0], backends, threads))
     print(section)
     if out is not None:
         page = out.read_text() if out.exists() else PAGE_HEAD + "\n"
@@ -135,6 +142,21 @@ def render(cfg, size: str, rows: list[dict], notes: list[str], argv, out) -> str
         report.plot(cfg, first, png, f"{size}: prompt {rows[0]['prompt']}, {rows[0]['generated']} generated")
         lines += [f"![decode ms/token vs K, {size}](bench/{size}.png)", ""]
     return "\n".join(lines)
+
+
+def profiles(base, cell: Cell, backends, threads: int) -> list[str]:
+    """Top operators of 16 decode steps of the base model after the first cell's prompt."""
+    import numpy as np
+    from eas.bench import profile
+    from eas.bench.backends import Eager
+    tokens = np.random.default_rng(0).integers(3, base.cfg.vocab_size, (cell.batch, cell.prompt))
+    lines = [f"### Where base decode time goes (16 steps after a {cell.prompt}-token prompt, batch {cell.batch})", ""]
+    lines += profile.table("PyTorch eager (torch.profiler, self CPU time):",
+                           profile.torch_ops(Eager(base, cell.prompt + 17), tokens, 16))
+    if "ort" in backends:
+        lines += profile.table("ONNX Runtime (its profiler, kernel time by operator type):",
+                               profile.ort_ops(base, tokens, 16, threads))
+    return lines
 
 
 def machine() -> str:

@@ -106,9 +106,9 @@ class LlamaCpp:
             cache = llama_cpp.GGML_TYPE_F32 if dtype == "f32" else llama_cpp.GGML_TYPE_F16
             self.llm = llama_cpp.Llama(str(path), n_ctx=slots, n_threads=threads, n_threads_batch=threads,
                                        n_batch=batch_tokens, n_ubatch=batch_tokens, type_k=cache, type_v=cache,
-                                       verbose=False, use_mmap=False)
+                                       verbose=False)
         finally:
-            shutil.rmtree(self.folder, ignore_errors=True)  # loaded into memory (use_mmap=False)
+            shutil.rmtree(self.folder, ignore_errors=True)  # mapped: the data stays until the model goes
         self.vocab = model.cfg.vocab_size
         self.error = self.check(model, dtype)
         self.kv_elem = 4 if dtype == "f32" else 2

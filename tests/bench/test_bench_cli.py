@@ -42,7 +42,7 @@ def test_out_must_be_a_markdown_file(capsys, tmp_path):
 def test_tiny_run_writes_its_section_and_kv_bytes_are_exact(tmp_path, capsys):
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\n<!-- bench:bench -->\nother size\n<!-- /bench:bench -->\n")
-    rows = bench("tiny", 2, [0, 1], [8], [3], [1], ["eager"], cost.KINDS, 1, 1, out, ["--size", "tiny"])
+    rows = bench("tiny", 2, [0, 1], [8], [3], [1], ["eager"], cost.KINDS, 1, 1, out, argv=["--size", "tiny"])
     page = out.read_text()
     assert "other size" in page and "<!-- bench:tiny -->" in page and "Command: `python run.py bench --size tiny`" in page
     assert (tmp_path / "bench" / "tiny.png").stat().st_size > 0
