@@ -11,6 +11,7 @@ llama.cpp lives in eas/bench/llamacpp.py (base model only).
 """
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
@@ -130,6 +131,6 @@ def session(backend: str, model, slots: int, threads: int):
     if backend == "compile":
         return Compiled(model, slots)
     if backend == "ort":
-        return Ort(model, threads)
+        return Ort(model if model.tok_embeddings.weight.is_cpu else copy.deepcopy(model).cpu(), threads)
     from eas.bench.llamacpp import LlamaCpp
     return LlamaCpp(model, slots, threads, backend.rsplit("-", 1)[1])

@@ -32,8 +32,11 @@ and no adapters. Peak MB = the session's own weights (graph files for ONNX Runti
 one copy per graph; the GGUF file for llama.cpp) plus the process's peak resident growth during
 its run. KV-cache MB: measured from the state tensors (eager, compile: preallocated for prompt +
 generated slots; ONNX Runtime: the present tensors after the run; llama.cpp: slots filled).
-Not measured here: TensorRT engines and the C++ ONNX Runtime app need a GPU / were not timed
-(`export/`); `torch.compile` with CUDA graphs runs only on a GPU (`--backends compile` there)."""
+Not measured here: TensorRT engines need a GPU (`export/trt_runtime.py`; none on this machine);
+the C++ ONNX Runtime app (`export/cpp`) is not timed by this command; `torch.compile` with CUDA
+graphs runs only on a GPU (`--backends compile` there). ONNX Runtime at 7B width is not measured:
+each exported graph (embed, prefill, decode) carries its own copy of the weights, about 8 GB per
+variant at 4 layers, over this machine's 10 GB per-process budget."""
 
 
 def add_parser(sub) -> None:
@@ -48,6 +51,8 @@ def add_parser(sub) -> None:
     b.add_argument("--variants", nargs="+", default=list(cost.KINDS), help=f"any of {list(cost.KINDS)}")
     b.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
     b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--device", default="cpu", help="cpu or cuda: where the PyTorch backends run (compile: "
+                   "CUDA graphs there); ONNX Runtime and llama.cpp run on the CPU")
     b.add_argument("--profile", action="store_true", help="add where the base model's decode time goes "
                    "(torch.profiler; ONNX Runtime's profiler with --backends ort)")
     b.add_argument("--out", type=Path, help="markdown page whose section for this size is (re)written")
@@ -92,13 +97,15 @@ def available(backends: list[str]) -> tuple[list[str], list[str]]:
 
 
 def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,), batch=(1,), backends=("eager", "ort"),
-          variants=cost.KINDS, rounds=3, threads=2, out=None, profile=False, argv=None) -> list[dict]:
+          variants=cost.KINDS, rounds=3, threads=2, out=None, profile=False, device="cpu", argv=None) -> list[dict]:
     cfg = check(size, layers, skip, prompt, generate, batch, backends, variants, rounds, threads, out)
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise UsageError(f"--device {device}: expected cpu, or cuda on a machine with a GPU")
     torch.set_num_threads(threads)
     backends, notes = available(list(backends))
     for n in notes:
         print(n, file=sys.stderr)
-    base = base_model(cfg)
+    base = base_model(cfg).to(device)
     cells = [Cell(k, p, g, b) for k in skip for p in prompt for g in generate for b in batch]
     slots = max(prompt) + max(generate)
     cache, rows = {}, []

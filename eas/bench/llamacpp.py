@@ -127,7 +127,7 @@ class LlamaCpp:
         """Relative worst logit difference against our forward on a 16-token prompt; refuses a mismatch."""
         gen = torch.Generator().manual_seed(3)
         ids = torch.randint(3, model.cfg.vocab_size, (1, 16), generator=gen)
-        ours = model(ids)[0, -1].float().numpy()
+        ours = model(ids.to(model.tok_embeddings.weight.device))[0, -1].float().cpu().numpy()
         theirs = self.logits(ids[0].tolist())
         err = float(np.abs(ours - theirs).max() / np.abs(ours).max())
         if not err <= TOLERANCE[dtype]:

@@ -84,3 +84,8 @@ def test_llama_cpp_reads_our_weights():
     assert ref.error < 1e-3
     tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (1, 6))
     assert [x.tolist() for x in _greedy(ref, tokens, 4)] == [x.tolist() for x in _greedy(Eager(model, 12), tokens, 4)]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_refused(capsys):
+    assert "--device cuda" in fails(capsys, *TINY, "--device", "cuda")
