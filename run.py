@@ -3,6 +3,8 @@
     tune       adapt a LaVIN-style model to a task with EAS: search, fine-tune, evaluate, merge
     generate   answer a question (optionally about images) with a tuned merged.pt, an export folder
                (--engine: ONNX Runtime or TensorRT) or any LaVIN-style/LLaMA model
+    bench      prefill/decode speed of base, EAS-K unmerged/merged and the floor per backend, beside
+               the ideal speed-up of the cost model (docs/BENCHMARKS.md)
 
 Bad input ends in one line `error: ...` and exit status 2; an interrupted tune in exit status 1.
 """
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from eas.bench.cli import add_parser as add_bench_parser
+from eas.bench.cli import bench
 from eas.errors import CheckpointError, EASError, TokenizerError, UsageError
 from eas.io.checkpoint import load_model
 from eas.io.load_llama import detect_format, load_llama
@@ -259,6 +263,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
+    add_bench_parser(sub)
     return ap
 
 
@@ -266,8 +271,10 @@ def main(argv=None) -> int:
     args = vars(parser().parse_args(argv))
     command = args.pop("command")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    if command == "bench":
+        args["argv"] = list(argv if argv is not None else sys.argv[1:])[1:]
     try:
-        {"generate": generate, "tune": tune}[command](**args)
+        {"generate": generate, "tune": tune, "bench": bench}[command](**args)
     except EASError as e:  # bad input: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -138,11 +138,27 @@ def export_graph(spec: GraphSpec, path: Path, vocab: int) -> None:
         proto = onnx.load(str(staging / path.name))
     finally:
         shutil.rmtree(staging)
+    restore_unused_inputs(proto, spec)
     check_io(proto, spec)
     weights = sum(len(t.raw_data) for t in proto.graph.initializer)
     spec.data_file = f"{path.name}.data" if weights > EXTERNAL_DATA_BYTES else None
     onnx.save(proto, str(path), save_as_external_data=spec.data_file is not None, all_tensors_to_one_file=True,
               location=spec.data_file)
+
+
+def restore_unused_inputs(proto: onnx.ModelProto, spec: GraphSpec) -> None:
+    """The exporter drops inputs the graph never reads (prompt_mask of a model without adapters);
+    they are put back, unread, so every graph of a kind has the same I/O."""
+    present = {v.name for v in proto.graph.input}
+    codes = {name: code for code, name in ONNX_DTYPES.items()}
+    inputs = []
+    for t in spec.inputs:
+        if t.name in present:
+            inputs.append(next(v for v in proto.graph.input if v.name == t.name))
+        else:
+            inputs.append(onnx.helper.make_tensor_value_info(t.name, codes[t.dtype], list(t.shape)))
+    del proto.graph.input[:]
+    proto.graph.input.extend(inputs)
 
 
 def check_io(proto: onnx.ModelProto, spec: GraphSpec) -> None:

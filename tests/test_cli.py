@@ -20,7 +20,7 @@ TOKENIZER = ROOT / "weights" / "tiny" / "tokenizer.model"
 needs_tokenizer = pytest.mark.skipif(not TOKENIZER.exists(), reason="weights/tiny/tokenizer.model not built")
 
 
-@pytest.mark.parametrize("args,shows", [(["--help"], "{tune,generate}"), (["tune", "--help"], "--dtype DTYPE"),
+@pytest.mark.parametrize("args,shows", [(["--help"], "{tune,generate,bench}"), (["tune", "--help"], "--dtype DTYPE"),
                                         (["generate", "--help"], "--max-new-tokens")])
 def test_help(args, shows):
     out = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -1,0 +1,136 @@
+"""Runtimes a benchmark times, each behind one small interface (a `Session` per model).
+
+    session.prefill(tokens [B, T] int64 numpy) -> first generated token [B]   (greedy)
+    session.decode(token [B], steps)           -> the last token               (greedy, `steps` steps)
+    session.kv_bytes()                         -> bytes of the K/V tensors of the state it holds
+
+eager    PyTorch, Llama.prefill / decode_step on the preallocated state (eas/model/state.py)
+compile  the same, decode step through torch.compile (CPU: inductor; CUDA: CUDA graphs)
+ort      ONNX Runtime on the exported embed/prefill/decode graphs (export/onnx_export.py)
+llama.cpp lives in eas/bench/llamacpp.py (base model only).
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eas.model.state import kv_bytes
+
+BACKENDS = ("eager", "compile", "ort", "llama.cpp-f32", "llama.cpp-f16")
+
+
+class Eager:
+    def __init__(self, model, slots: int):
+        self.model, self.slots = model, slots
+        self.step = model.decode_step
+        self.device = model.tok_embeddings.weight.device
+        self.state = None
+
+    @torch.inference_mode()
+    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(tokens).to(self.device)
+        B, T = t.shape
+        self.position = torch.full((B,), T - 1, device=self.device)
+        self.state = self.model.new_state(B, self.slots)
+        logits, self.state = self.model.prefill(self.model.tok_embeddings(t), torch.arange(T, device=self.device)
+                                                .expand(B, T), torch.ones(B, T, dtype=torch.bool, device=self.device),
+                                                self.state)
+        return logits.argmax(-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def decode(self, token: np.ndarray, steps: int) -> np.ndarray:
+        tok = torch.from_numpy(token).to(self.device)
+        for _ in range(steps):
+            self.position = self.position + 1
+            logits, self.state = self.step(tok, self.position, self.state)
+            tok = logits.argmax(-1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return tok.cpu().numpy()
+
+    def kv_bytes(self) -> int:
+        return kv_bytes(self.state)
+
+
+class Compiled(Eager):
+    """The decode step compiled once for its fixed shapes; CUDA graphs on a GPU ("reduce-overhead")."""
+
+    def __init__(self, model, slots: int):
+        super().__init__(model, slots)
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        # Every variant compiles the same code object (Llama.decode_step) for its own model: room
+        # for all of them, or dynamo silently falls back to eager after the default 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self.step = torch.compile(model.decode_step, mode=mode, dynamic=False)
+
+
+def ort_options(threads: int, level: str = "all", profile: bool = False):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.enable_profiling = profile
+    opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "eas-bench-ort-profile")
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
+    return opts
+
+
+class Ort:
+    """The model's exported graphs in ONNX Runtime (CPU provider); exported to a temporary folder."""
+
+    def __init__(self, model, threads: int, level: str = "all", profile: bool = False):
+        import onnxruntime as ort
+        from export.onnx_export import export_graph, graph_specs
+        specs, self.layout = graph_specs(model)
+        self.sessions, self.weights = {}, 0  # weights: bytes of the graph files (each graph holds its own)
+        with tempfile.TemporaryDirectory(prefix="eas-bench-ort-") as tmp:
+            for spec in specs:
+                path = Path(tmp) / spec.file
+                export_graph(spec, path, model.cfg.vocab_size)
+                self.weights += sum(f.stat().st_size for f in Path(tmp).glob(spec.file + "*"))
+                self.sessions[spec.name] = ort.InferenceSession(str(path), ort_options(threads, level, profile),
+                                                                providers=["CPUExecutionProvider"])
+        self.past: list[np.ndarray] = []
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+        B, T = tokens.shape
+        embeds = self.sessions["embed"].run(None, {"tokens": tokens})[0]
+        mask = np.ones((B, T), dtype=bool)
+        logits, *state = self.sessions["prefill"].run(None, {
+            "embeds": embeds, "positions": np.broadcast_to(np.arange(T), (B, T)).copy(), "key_mask": mask,
+            "prompt_mask": mask})
+        n = len(self.layout.past())
+        self.past, self.adapters = state[:n], dict(zip(self.layout.adapter_names, state[n:]))
+        self.key_mask, self.position = mask, np.full((B,), T - 1, dtype=np.int64)
+        return logits.argmax(-1)
+
+    def decode(self, token: np.ndarray, steps: int) -> np.ndarray:
+        names = self.layout.past()
+        for _ in range(steps):
+            self.position = self.position + 1
+            feed = {"token": token.astype(np.int64), "position": self.position, "key_mask": self.key_mask,
+                    **dict(zip(names, self.past)), **self.adapters}
+            logits, *self.past = self.sessions["decode"].run(None, feed)
+            self.key_mask = np.ones((token.shape[0], self.key_mask.shape[1] + 1), dtype=bool)
+            token = logits.argmax(-1)
+        return token
+
+    def kv_bytes(self) -> int:
+        return sum(a.nbytes for a in self.past)
+
+
+def session(backend: str, model, slots: int, threads: int):
+    """A timed session of `model` on `backend` (llama.cpp: eas.bench.llamacpp)."""
+    if backend == "eager":
+        return Eager(model, slots)
+    if backend == "compile":
+        return Compiled(model, slots)
+    if backend == "ort":
+        return Ort(model if model.tok_embeddings.weight.is_cpu else copy.deepcopy(model).cpu(), threads)
+    from eas.bench.llamacpp import LlamaCpp
+    return LlamaCpp(model, slots, threads, backend.rsplit("-", 1)[1])

@@ -1,0 +1,135 @@
+"""The benchmark's page: tables with every measured ratio beside its ideal, checks, and a plot.
+
+Each model size owns one section of the page between markers, so one size can be re-measured
+without touching the others; the command that produced a section is printed in it.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from eas.bench import cost
+from eas.bench.variants import ADAPTERS
+
+OURS = ("eager", "compile", "ort")
+LABEL = {"base": "base", "unmerged": "EAS-K unmerged", "static": "EAS-K static merged",
+         "dynamic": "EAS-K dynamic merged", "floor": "floor (K attentions deleted)"}
+
+
+def _find(rows, **want):
+    return next((r for r in rows if all(r[k] == v for k, v in want.items())), None)
+
+
+def ratio_text(measured: float, ideal: float) -> str:
+    return f"{measured:.3f} / {ideal:.3f}"
+
+
+def cell_table(cfg, rows: list[dict]) -> list[str]:
+    lines = ["| K | variant | backend | prefill tok/s | decode ms/token | prefill speed-up measured / ideal "
+             "| decode speed-up measured / ideal | peak MB | KV-cache MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = _find(rows, backend=r["backend"], kind="base")
+        ideal = cost.ideal_speedup(cfg, r["kind"], r["k"], r["prompt"], r["generated"], r["batch"], ADAPTERS)
+        tok_s = r["batch"] * r["prompt"] / r["prefill_s"]
+        pre = dec = "—"
+        if base is not None and r["kind"] != "base":
+            pre = ratio_text(base["prefill_s"] / r["prefill_s"], ideal["prefill"])
+            dec = ratio_text(base["decode_s"] / r["decode_s"], ideal["decode"])
+        note = f" ({r['note']})" if r["note"] else ""
+        lines.append(f"| {r['k']} | {LABEL[r['kind']]} | {r['backend']}{note} | {tok_s:,.0f} | "
+                     f"{r['decode_s'] * 1e3:.3f} | {pre} | {dec} | {r['peak_bytes'] / 2**20:,.0f} | "
+                     f"{r['kv_bytes'] / 2**20:.2f} |")
+    return lines
+
+
+def checks(cfg, rows: list[dict]) -> list[str]:
+    """The issue's "must show" points that these rows can answer, each met / NOT met with its numbers."""
+    out = []
+    L = cfg.n_layers
+    for r in rows:
+        if r["kind"] == "static":
+            floor = _find(rows, backend=r["backend"], kind="floor", k=r["k"])
+            base = _find(rows, backend=r["backend"], kind="base", k=r["k"])
+            if floor:
+                gap = r["decode_s"] / floor["decode_s"] - 1
+                out.append(f"- {r['backend']}, K={r['k']}: static merged decode vs floor {gap * 100:+.1f} % "
+                           f"(within 3 %: {'met' if abs(gap) <= 0.03 else 'NOT met'})")
+            if base:
+                ideal = cost.ideal_speedup(cfg, "static", r["k"], r["prompt"], r["generated"], r["batch"], ADAPTERS)
+                share = (base["decode_s"] / r["decode_s"] - 1) / (ideal["decode"] - 1)
+                out.append(f"- {r['backend']}, K={r['k']}: static decode speed-up {base['decode_s'] / r['decode_s']:.3f}"
+                           f" of ideal {ideal['decode']:.3f}: {share * 100:.0f} % of the ideal saving "
+                           f"({'met' if share >= 0.9 else 'NOT met'} for >= 90 %)")
+        if r["backend"] == "eager" and r["kind"] not in ("base", "unmerged"):
+            base = _find(rows, backend="eager", kind="base")
+            if base and base["kv_bytes"]:
+                exact = r["kv_bytes"] * L == base["kv_bytes"] * (L - r["k"])
+                out.append(f"- KV cache, {r['kind']} K={r['k']}: {r['kv_bytes']:,} of {base['kv_bytes']:,} bytes "
+                           f"= {r['kv_bytes'] / base['kv_bytes']:.4f}, (L-K)/L = {(L - r['k']) / L:.4f} "
+                           f"({'exact' if exact else 'NOT exact'})")
+    for k in sorted({r["k"] for r in rows}):
+        out += _against([r for r in rows if r["k"] == k])
+    return out
+
+
+def _against(rows: list[dict]) -> list[str]:
+    """Our best base decode against llama.cpp's base, and ORT against eager."""
+    out = []
+    ours = [r for r in rows if r["backend"] in OURS and r["kind"] == "base"]
+    best = min(ours, key=lambda r: r["decode_s"]) if ours else None
+    for ref in [r for r in rows if r["backend"].startswith("llama.cpp")]:
+        if best:
+            x = best["decode_s"] / ref["decode_s"]
+            out.append(f"- K={ref['k']} cell: base decode, our best ({best['backend']}, {best['decode_s'] * 1e3:.2f} ms) vs {ref['backend']} "
+                       f"({ref['decode_s'] * 1e3:.2f} ms): {x:.2f}x its time (within 1.2x: {'met' if x <= 1.2 else 'NOT met'})")
+        merged = [r for r in rows if r["backend"] in OURS and r["kind"] == "static"]
+        for m in sorted(merged, key=lambda r: r["decode_s"])[:1]:
+            out.append(f"- EAS-{m['k']} static merged ({m['backend']}, {m['decode_s'] * 1e3:.2f} ms) vs {ref['backend']} "
+                       f"base ({ref['decode_s'] * 1e3:.2f} ms): {'beats it' if m['decode_s'] < ref['decode_s'] else 'does NOT beat it'}")
+    eager, ort = _find(rows, backend="eager", kind="base"), _find(rows, backend="ort", kind="base")
+    if eager and ort:
+        x = eager["decode_s"] / ort["decode_s"]
+        out.append(f"- ONNX Runtime base decode {x:.2f}x faster than eager ({ort['decode_s'] * 1e3:.2f} vs "
+                   f"{eager['decode_s'] * 1e3:.2f} ms)")
+    return out
+
+
+def plot(cfg, rows: list[dict], path: Path, title: str) -> None:
+    """Decode ms/token vs K per backend: base at K=0, static merged at K>0; dashed: the ideal from base."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    first = rows[0]
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        mine = [r for r in rows if r["backend"] == backend]
+        base = _find(mine, kind="base")
+        pts = sorted({0: base["decode_s"] * 1e3, **{r["k"]: r["decode_s"] * 1e3 for r in mine if r["kind"] == "static"}}.items())
+        if backend.startswith("llama.cpp"):
+            ax.axhline(pts[0][1], ls=":", lw=1, color="grey")
+            ax.annotate(f"{backend} base", (0, pts[0][1]), fontsize=7, va="bottom")
+            continue
+        line, = ax.plot([k for k, _ in pts], [v for _, v in pts], "o-", label=f"{backend} (base, then static merged)")
+        ks = [k for k, _ in pts]
+        ideal = [base["decode_s"] * 1e3 / cost.ideal_speedup(cfg, "static", k, first["prompt"], first["generated"],
+                                                             first["batch"], ADAPTERS)["decode"] if k else
+                 base["decode_s"] * 1e3 for k in ks]
+        ax.plot(ks, ideal, "--", color=line.get_color(), lw=1, label=f"{backend} ideal")
+    ax.set_xlabel("K (attentions skipped)")
+    ax.set_ylabel("decode ms/token")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def replace_section(page: str, key: str, section: str) -> str:
+    """The page with the section between `<!-- bench:key -->` markers replaced (or appended)."""
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    block = f"{start}\n{section.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    if pattern.search(page):
+        return pattern.sub(lambda _: block, page)
+    return page.rstrip() + "\n\n" + block + "\n"

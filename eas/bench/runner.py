@@ -1,0 +1,121 @@
+"""Timing: every (backend, variant) session of one cell timed round-robin, medians after warm-up.
+
+A cell is (K, prompt length, generated length, batch). Prefill time is the prompt pass to its first
+greedy token; decode time the remaining steps / their number. Memory: the bytes of a session's own
+weights plus the process's peak resident growth while it runs (Linux VmHWM, reset before each run).
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eas.bench import backends as B
+from eas.bench.variants import variants, weight_bytes
+
+
+@dataclass
+class Cell:
+    k: int
+    prompt: int
+    generated: int
+    batch: int
+
+
+@dataclass
+class Timing:
+    backend: str
+    kind: str
+    prefill_s: list = field(default_factory=list)
+    decode_s: list = field(default_factory=list)
+    transient_bytes: int = 0
+    weight_bytes: int = 0
+    kv_bytes: int = 0
+    note: str = ""
+
+    def row(self) -> dict:
+        return {"backend": self.backend, "kind": self.kind, "prefill_s": statistics.median(self.prefill_s),
+                "decode_s": statistics.median(self.decode_s), "peak_bytes": self.weight_bytes + self.transient_bytes,
+                "weight_bytes": self.weight_bytes, "kv_bytes": self.kv_bytes, "note": self.note,
+                "rounds": len(self.decode_s)}
+
+
+def _status(key: str) -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> int | None:
+    """Reset the process's peak resident size; returns the current resident size (None: not Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _status("VmRSS:")
+
+
+def run_once(session, tokens: np.ndarray, generated: int, measure_memory: bool) -> tuple[float, float, int]:
+    before = _reset_peak() if measure_memory else None
+    t0 = time.perf_counter()
+    first = session.prefill(tokens)
+    t1 = time.perf_counter()
+    if generated > 1:
+        session.decode(first, generated - 1)
+    t2 = time.perf_counter()
+    peak = _status("VmHWM:") if before is not None else None
+    return t1 - t0, (t2 - t1) / max(1, generated - 1), (peak - before) if peak is not None else 0
+
+
+def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda: None) -> list[dict]:
+    """Round-robin: one warm-up round (discarded), then `rounds` rounds over all sessions."""
+    gen = np.random.default_rng(cell.prompt * 7919 + cell.batch)
+    tokens = gen.integers(3, vocab, size=(cell.batch, cell.prompt), dtype=np.int64)
+    timings = {key: Timing(*key) for key in sessions}
+    order = list(sessions)
+    for r in range(rounds + 1):
+        for key in order[r % len(order):] + order[:r % len(order)]:
+            pre, dec, transient = run_once(sessions[key], tokens, cell.generated, r == rounds)
+            t = timings[key]
+            tick()
+            if r == 0:
+                continue
+            t.prefill_s.append(pre)
+            t.decode_s.append(dec)
+            t.transient_bytes = max(t.transient_bytes, transient)
+    for key, t in timings.items():
+        t.kv_bytes = sessions[key].kv_bytes()
+        model = getattr(sessions[key], "model", None)
+        t.weight_bytes = weight_bytes(model) if model is not None else getattr(sessions[key], "weights", 0)
+        t.note = f"logits vs ours {sessions[key].error:.1e}" if hasattr(sessions[key], "error") else ""
+    return [t.row() for t in timings.values()]
+
+
+def build_sessions(base, k: int, kinds, backends, slots: int, threads: int, cache: dict) -> tuple[dict, list[str]]:
+    """{(backend, kind): session} for EAS-K; base sessions are reused across K (cache)."""
+    models = variants(base, k, kinds)
+    sessions, skipped = {}, []
+    for backend in backends:
+        for kind, model in models.items():
+            if backend.startswith("llama.cpp") and kind != "base":
+                continue
+            key = (backend, kind)
+            if kind == "base" and key in cache:
+                sessions[key] = cache[key]
+                continue
+            if backend == "ort" and kind == "unmerged":
+                skipped.append("ort/unmerged: the export takes merged models (export/onnx_export.py)")
+                continue
+            sessions[key] = B.session(backend, model, slots, threads)
+            if kind == "base":
+                cache[key] = sessions[key]
+        gc.collect()
+    return sessions, skipped

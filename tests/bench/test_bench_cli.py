@@ -1,0 +1,91 @@
+"""`run.py bench` on tiny shapes: flags refused before work, K/V bytes, backends agree, the page."""
+import numpy as np
+import pytest
+
+import run
+from eas.bench import cost, report
+from eas.bench.backends import Eager, Ort
+from eas.bench.cli import bench
+from eas.bench.llamacpp import missing
+from eas.bench.variants import base_model, bench_config, variants
+
+TINY = ["--size", "tiny", "--layers", "2", "--skip", "0", "1", "--prompt", "8", "--generate", "3", "--rounds", "1"]
+
+
+def fails(capsys, *argv) -> str:
+    assert run.main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--size", "huge"], "--size 'huge'"),
+    (["--skip", "8"], "--skip 8"),
+    (["--layers", "0"], "--layers 0"),
+    (["--generate", "1"], "--generate 1"),
+    (["--batch", "0"], "--batch 0"),
+    (["--prompt", "2000", "--generate", "100"], "exceeds the 2048 positions"),
+    (["--backends", "tensorflow"], "--backends 'tensorflow'"),
+    (["--variants", "static"], "must include base"),
+])
+def test_bad_flags_are_refused_before_work(argv, named, capsys, tmp_path):
+    out = tmp_path / "B.md"
+    assert named in fails(capsys, *argv, "--out", str(out))
+    assert not out.exists()
+
+
+def test_out_must_be_a_markdown_file(capsys, tmp_path):
+    assert "--out" in fails(capsys, *TINY, "--out", str(tmp_path))
+
+
+def test_tiny_run_writes_its_section_and_kv_bytes_are_exact(tmp_path, capsys):
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n<!-- bench:bench -->\nother size\n<!-- /bench:bench -->\n")
+    rows = bench("tiny", 2, [0, 1], [8], [3], [1], ["eager"], cost.KINDS, 1, 1, out, argv=["--size", "tiny"])
+    page = out.read_text()
+    assert "other size" in page and "<!-- bench:tiny -->" in page and "Command: `python run.py bench --size tiny`" in page
+    assert (tmp_path / "bench" / "tiny.png").stat().st_size > 0
+    cfg = bench_config("tiny", 2)
+    kv = {(r["kind"], r["k"]): r["kv_bytes"] for r in rows}
+    assert kv[("base", 0)] == cost.kv_cache_bytes(cfg, "base", 0, 1, 11)
+    for kind in ("static", "dynamic", "floor"):
+        assert kv[(kind, 1)] * 2 == kv[("base", 1)]  # (L - K) / L of base, L = 2
+    assert " / " in page and "static merged decode vs floor" in page
+
+
+def test_run_again_replaces_only_its_section(tmp_path):
+    page = report.replace_section("# B\n", "tiny", "first")
+    page = report.replace_section(page, "bench", "other")
+    page = report.replace_section(page, "tiny", "second")
+    assert "first" not in page and page.count("second") == 1 and "other" in page
+
+
+def _greedy(session, tokens, steps):
+    first = session.prefill(tokens)
+    return first, session.decode(first, steps)
+
+
+def test_ort_decodes_the_same_tokens_as_eager():
+    cfg = bench_config("tiny", 2)
+    models = variants(base_model(cfg), 1, ("base", "static"))
+    tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (2, 6))
+    for model in models.values():
+        eager, ort = _greedy(Eager(model, 12), tokens, 4), _greedy(Ort(model, 1), tokens, 4)
+        assert all((a == b).all() for a, b in zip(eager, ort))
+
+
+@pytest.mark.skipif(missing() is not None, reason=missing() or "")
+def test_llama_cpp_reads_our_weights():
+    from eas.bench.llamacpp import LlamaCpp
+    cfg = bench_config("tiny", 2)
+    model = base_model(cfg)
+    ref = LlamaCpp(model, 32, 1, "f32")  # refuses to build if its logits differ from ours
+    assert ref.error < 1e-3
+    tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (1, 6))
+    assert [x.tolist() for x in _greedy(ref, tokens, 4)] == [x.tolist() for x in _greedy(Eager(model, 12), tokens, 4)]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_refused(capsys):
+    assert "--device cuda" in fails(capsys, *TINY, "--device", "cuda")
