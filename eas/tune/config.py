@@ -14,6 +14,7 @@ from eas.adapters.merge import MODES
 from eas.data.aid import PAPER_TRAIN_FRACTIONS
 from eas.data.tasks import TASKS
 from eas.errors import UsageError
+from eas.tune.recipes import FIELDS as RECIPE_FIELDS, RECIPES, recipe_values
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "weights" / "tiny"
@@ -36,24 +37,26 @@ class TuneConfig:
     skip: int | None = None             # K units skipped; default a quarter of the layers
     skip_set: tuple[int, ...] | None = None  # fixed set: no search (ablations, random baselines)
     unit: str = "attention"
-    warmup_epochs: float = 3.0          # super-net on random sub-networks
-    search_epochs: float = 3.0          # bandit updates every nas_every steps
-    finetune_epochs: float = 20.0
-    nas_every: int = 2
-    candidates: int = 3                 # M sub-networks scored per update
+    recipe: str = "demo"                # fills the schedule fields below left None (eas/tune/recipes.py)
+    warmup_epochs: float | None = None  # super-net on random sub-networks
+    search_epochs: float | None = None  # bandit updates every nas_every steps
+    finetune_epochs: float | None = None
+    nas_every: int | None = None
+    candidates: int | None = None       # M sub-networks scored per update
     beta: float = 10.0
-    search_lr: float = 2.0
-    val_batch: int = 32
-    batch_size: int = 16                # global, over ranks and accumulation
+    search_lr: float | None = None
+    val_batch: int | None = None
+    batch_size: int | None = None       # global, over ranks and accumulation
     accum: int = 1
-    lr: float = 4e-3
-    weight_decay: float = 0.02
-    lr_warmup_epochs: float = 1.0
+    lr: float | None = None
+    weight_decay: float | None = None
+    lr_warmup_epochs: float | None = None
     adapter_dim: int | None = None      # r_a; None: ARCH_DEFAULTS
     skip_dim: int | None = None         # r_s; None: ARCH_DEFAULTS
     dropout: float = 0.1
     warm_start: bool = False
     grad_checkpointing: bool = False
+    oracle: bool = False                # after the search: skip-one / greedy oracle -> oracle.json
     merge: str = "static"               # the form written to merged.pt; static also tunes with fixed routers
     eval_batch_size: int = 64
     max_test: int | None = None
@@ -74,15 +77,19 @@ ARCH_DEFAULTS = {"lavin": {"adapter_dim": 8, "skip_dim": 32}, "llava": {"adapter
 
 
 def with_arch_defaults(cfg: TuneConfig, arch: str) -> TuneConfig:
-    """cfg with `arch` and its adapter widths filled in where the flags left them unset."""
-    unset = {k: v for k, v in ARCH_DEFAULTS[arch].items() if getattr(cfg, k) is None}
-    return dataclasses.replace(cfg, arch=arch, **unset)
+    """cfg with `arch`, its adapter widths and its recipe's schedule filled in where the flags left
+    them unset; checked again, now complete."""
+    defaults = {**ARCH_DEFAULTS[arch], **recipe_values(cfg.recipe, arch)}
+    unset = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
+    cfg = dataclasses.replace(cfg, arch=arch, **unset)
+    validate(cfg)
+    return cfg
 
 
 COUNTS = ("nas_every", "candidates", "val_batch", "batch_size", "accum", "adapter_dim", "skip_dim",
           "eval_batch_size", "synthetic_per_class")
 EPOCHS = ("warmup_epochs", "search_epochs", "finetune_epochs", "lr_warmup_epochs")
-CHOICES = {"task": TASKS, "unit": UNITS, "merge": MODES, "dtype": (None, *DTYPES), "arch": (None, *ARCHS)}
+CHOICES = {"recipe": RECIPES, "task": TASKS, "unit": UNITS, "merge": MODES, "dtype": (None, *DTYPES), "arch": (None, *ARCHS)}
 
 
 def _flag(name: str) -> str:
@@ -99,19 +106,19 @@ def validate(cfg: TuneConfig) -> None:
     for name, options in CHOICES.items():
         value = getattr(cfg, name)
         _require(value in options, name, value, "one of " + ", ".join(o for o in options if o))
-    for name in COUNTS:
+    unset = {name for name in (*ARCH_DEFAULTS["lavin"], *RECIPE_FIELDS) if getattr(cfg, name) is None}
+    for name in (n for n in COUNTS if n not in unset):  # the unset ones: the architecture's and recipe's, once the base is known
         value = getattr(cfg, name)
-        if value is None and name in ARCH_DEFAULTS["lavin"]:
-            continue  # the architecture's default, once the base is known
         _require(isinstance(value, int) and value >= 1, name, value, "a whole number >= 1")
-    for name in EPOCHS:
+    for name in (n for n in EPOCHS if n not in unset):
         value = getattr(cfg, name)
         _require(math.isfinite(value) and value >= 0, name, value, "a finite number of epochs >= 0")
-    for name in ("lr", "search_lr", "beta", "save_minutes"):
+    for name in (n for n in ("lr", "search_lr", "beta", "save_minutes") if n not in unset):
         value = getattr(cfg, name)
         _require(math.isfinite(value) and value > 0, name, value, "a finite number > 0")
-    _require(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", cfg.weight_decay,
-             "a finite number >= 0")
+    if "weight_decay" not in unset:
+        _require(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", cfg.weight_decay,
+                 "a finite number >= 0")
     _require(cfg.setting.rstrip("%") in PAPER_TRAIN_FRACTIONS, "setting", cfg.setting,
              "one of " + ", ".join(PAPER_TRAIN_FRACTIONS) + " (% of AID for training)")
     _require(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "a probability in [0, 1)")
@@ -119,6 +126,8 @@ def validate(cfg: TuneConfig) -> None:
     _require(cfg.max_test is None or cfg.max_test >= 1, "max_test", cfg.max_test, "a number of examples >= 1")
     _require(cfg.skip is None or cfg.skip >= 0, "skip", cfg.skip, "a number of units >= 0")
     _validate_skip_set(cfg)
+    if cfg.oracle and (cfg.skip_set is not None or cfg.skip == 0):
+        raise UsageError("--oracle judges a search's super-network: drop it with --skip 0 or --skip-set")
     if cfg.llama and not cfg.clip:
         raise UsageError("--llama needs --clip (the vision tower of the LaVIN or LLaVA model to assemble)")
     if cfg.task != "aid" and cfg.data_root is None:

@@ -41,7 +41,7 @@ def open_session(cfg: TuneConfig) -> Session:
                          image_size=model.cfg.vision.image_size, synthetic_per_class=cfg.synthetic_per_class)
     batches = Batches(task, model, tok, device=device, dtype=dtype, seed=cfg.seed, batch_size=cfg.batch_size,
                       accum=cfg.accum, val_batch=cfg.val_batch, rank=rank, world=world)
-    check_splits(cfg, task, world, stage_steps(cfg, k, batches.steps_per_epoch, "search") > 0)
+    check_splits(cfg, task, world, stage_steps(cfg, k, batches.epoch_steps("search"), "search") > 0)
     dropout = attach_adapters(model, cfg, device)
     search = BanditSearch(model.llama.cfg.n_layers, max(k, 1), beta=cfg.beta, lr=cfg.search_lr,
                           generator=torch.Generator().manual_seed(cfg.seed))
