@@ -75,6 +75,7 @@ class Runner:
         self.results: dict[tuple[str, int], dict] = {}   # (arm, seed) -> report
         self.probes: dict[int, dict] = {}
         self.missing: list[str] = []
+        self.pm_dim: int | None = None
 
     def arm(self, arm: str, seed: int) -> None:
         k, common = self.args.skip, {"data_root": self.args.data_root, "seed": seed}
@@ -114,8 +115,9 @@ class Runner:
         return read_json(Path(TINY) / "config.json", "base config", RunFolderError)["llama"]["n_layers"]
 
     def _param_matched(self, seed: int, common: dict) -> tuple[str, dict]:
-        dim = matched_adapter_dim(TINY, self.args.skip)["adapter_dim"]
-        return f"pm{dim}", {"skip": 0, "adapter_dim": dim, **common}
+        if self.pm_dim is None:
+            self.pm_dim = matched_adapter_dim(TINY, self.args.skip)["adapter_dim"]
+        return f"pm{self.pm_dim}", {"skip": 0, "adapter_dim": self.pm_dim, **common}
 
     def _run(self, seed: int, name: str, settings: dict) -> dict | None:
         out = self.args.runs / f"s{seed}" / name
