@@ -12,8 +12,8 @@ Arms, each over seeds 0..N-1 (the seed draws the split, the adapters, the dropou
 A fine-tune depends on (seed, skip set) alone (tests/tune/test_tune.py), so a set equal to one
 already fine-tuned for that seed reuses that run. Plus a linear-probe ceiling per seed.
 
-Runs go in arm-major order (every seed of one arm before the next arm; the probe after skip0),
-so a study cut short still has whole arms. --max-runs N stops after N new runs and writes the page from what has
+Runs go in arm-major order (every seed of one arm before the next; the cheap probe second), so a
+study cut short still has whole arms. --max-runs N stops after N new runs and writes the page from what has
 finished (marked PARTIAL), so each run can be its own short job under the machine's lock:
     for i in $(seq 30); do flock /tmp/eas-heavy.lock python benchmarks/aid_study.py --seeds 3 --resume --max-runs 1; done
 Without --data-root the data are SYNTHETIC and the page says so.
@@ -62,7 +62,7 @@ def study(args) -> None:
     if args.random < 0 or (args.max_runs is not None and args.max_runs < 0):
         raise UsageError("--random and --max-runs must be >= 0")
     runner = Runner(args)
-    steps = ["eas", "random0", "oracle", "skip0", "probe", "pm"] + [f"random{j}" for j in range(1, args.random)]
+    steps = ["eas", "probe", "random0", "oracle", "skip0", "pm"] + [f"random{j}" for j in range(1, args.random)]
     for step in steps if args.random else [a for a in steps if a != "random0"]:
         for seed in range(args.seeds):
             runner.probe(seed) if step == "probe" else runner.arm(step, seed)
