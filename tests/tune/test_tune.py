@@ -381,7 +381,8 @@ def test_batch_without_readable_image_is_skipped_not_fatal(base, cache, tmp_path
     from eas.tune.batches import permutation
     root = _slake_set(tmp_path / "Slake", images=None)  # one image file per question
     train, val = load_slake(root, "train"), load_slake(root, "validate")
-    bad_train = [train[i].image for i in permutation(len(train), 0, "finetune", 0)[:4]]  # fine-tune step 0
+    pool = train + val  # what the fine-tune reads
+    bad_train = [pool[i].image for i in permutation(len(pool), 0, "finetune", 0)[:4]]  # fine-tune step 0
     bad_val = [val[i].image for i in permutation(len(val), 0, "val", 0)[:2]]  # bandit round 0
     for path in bad_train + bad_val:
         path.write_bytes(b"not a jpeg")
@@ -547,4 +548,4 @@ def test_default_run_folder_is_per_task_and_bf16_base_trains(base, cache, tmp_pa
     adapters = load_checkpoint(tmp_path / "runs" / "aid" / "adapters.pt")["adapters"]
     assert {v.dtype for v in adapters.values()} == {torch.float32}
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "runs" / "aid" / "log.jsonl").read_text().splitlines())]
-    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert len(losses) == 7 and all(math.isfinite(x) for x in losses)  # one epoch of train + val, 60 // 8
