@@ -32,7 +32,7 @@ from eas.model.image import open_image, pixel_loader
 from eas.model.lavin import Lavin, build_batch
 from eas.model.llava import Llava, build_llava_batch, llava_question
 from eas.model.tokenizer import Tokenizer
-from eas.tune.config import TINY, TuneConfig
+from eas.tune.config import DEFERRED, TINY, TuneConfig
 from eas.tune.interrupts import Interrupted
 from eas.tune.pipeline import tune as run_tune
 from eas.tune.report import summary_lines
@@ -202,10 +202,14 @@ TUNE_HELP = {
     "device": "cpu, cuda or cuda:N (default cuda:LOCAL_RANK when CUDA is available, else cpu)",
     "dtype": "the frozen base's dtype, float32 or bfloat16 (default bfloat16 on CUDA, float32 on CPU); "
              "adapters always train in float32",
+    "recipe": "demo (CPU demo schedule, the default) or paper (the authors' LaVIN-/LLaVA-EAS schedule for 7B "
+              "runs on GPUs); flags given explicitly override its values",
     "skip": "K units to skip (default: a quarter of the layers; 0 = adapter-only baseline)",
     "skip_set": "comma-separated layers to skip, no search (e.g. 1,5)",
     "unit": "what a skipped layer loses: attention (EAS), ffn, or layer (as DAS); only attention merges "
             "away completely",
+    "oracle": "after the search, score the super-network with each attention skipped alone and build the "
+              "greedy oracle K-set (oracle.json; Spearman rho vs the bandit in the report)",
     "warm_start": "fine-tune from the super-net's adapters instead of fresh ones",
     "merge": "the form written to merged.pt: static or dynamic",
     "max_test": "evaluate on the first N test examples only",
@@ -230,8 +234,10 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
         elif f.name == "skip_set":
             parser.add_argument(flag, type=layer_list, default=None, help=help_)
         else:
-            kind = {"int | None": int, "str | None": str, "float | None": float}.get(str(f.type), type(default) if default is not None else str)
-            parser.add_argument(flag, type=kind, default=default, help=f"{help_} (default {default})")
+            kind = {"int | None": int, "str | None": str, "float | None": float}.get(
+                str(f.type), type(default) if default is not None else str)
+            shown = "from --recipe, --arch and --search" if f.name in DEFERRED else default
+            parser.add_argument(flag, type=kind, default=default, help=f"{help_} (default {shown})")
 
 
 def tune(**kwargs) -> dict:

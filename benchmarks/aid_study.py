@@ -1,19 +1,28 @@
-"""The AID study behind docs/RESULTS.md: adapter baseline vs EAS vs random skip sets of the same size.
+"""The AID study behind docs/RESULTS.md: does the search find the right attentions?
 
-    python benchmarks/aid_study.py --out docs/RESULTS.md [--skip 2 4] [--data-root AID/] [--resume]
+    python benchmarks/aid_study.py --out docs/RESULTS.md --seeds 3 [--skip 2] [--random 2] [--resume]
+                                   [--max-runs N] [--data-root AID/]
 
-Runs `run.py tune` (in process) for: --skip 0 (LaVIN-style adapters only); for each K, EAS with K
-searched attentions and --random random skip sets of size K (uniform, seeded), each fine-tuned
-exactly like the searched set. Every run lands in runs/study/<name>/ with its own report; this
-script only collects their test accuracies. Without --data-root the data are SYNTHETIC and the
-page says so.
+Arms, each over seeds 0..N-1 (the seed draws the split, the adapters, the dropout and the search):
+  skip0    no skipping, LaVIN-style adapters only;
+  pm       the same, adapters widened (--adapter-dim) to about the trainable count of EAS with K;
+  eas      EAS: search K attentions (with --oracle), fine-tune them;
+  randomJ  the J-th uniformly random K-set of the seed, fine-tuned exactly like the searched set;
+  oracle   the greedy oracle K-set of the seed's searched super-network, fine-tuned the same way.
+A fine-tune depends on (seed, skip set) alone (tests/tune/test_tune.py), so a set equal to one
+already fine-tuned for that seed reuses that run. Plus a linear-probe ceiling per seed.
+
+Runs go in arm-major order (every seed of one arm before the next; the cheap probe second), so a
+study cut short still has whole arms. --max-runs N stops after N new runs and writes the page from what has
+finished (marked PARTIAL), so each run can be its own short job under the machine's lock:
+    for i in $(seq 30); do flock /tmp/eas-heavy.lock python benchmarks/aid_study.py --seeds 3 --resume --max-runs 1; done
+Without --data-root the data are SYNTHETIC and the page says so.
 """
 from __future__ import annotations
 
 import argparse
-import platform
+import json
 import random
-import statistics
 import sys
 from pathlib import Path
 
@@ -22,22 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 from eas.errors import RunFolderError, UsageError, exit_status  # noqa: E402
 from eas.io.files import read_json, write_text_atomic  # noqa: E402
-from eas.tune.config import TuneConfig  # noqa: E402
+from eas.tune.config import TINY, TuneConfig  # noqa: E402
 from eas.tune.pipeline import tune  # noqa: E402
 
-
-def run(name: str, runs: Path, resume: bool, **settings) -> dict:
-    out = runs / name
-    if (out / "report.json").is_file() and resume:
-        report = read_json(out / "report.json", "report", RunFolderError)
-        wanted = {**settings, "skip_set": list(settings["skip_set"]) if settings.get("skip_set") else None}
-        stale = {k: (report["config"].get(k), v) for k, v in wanted.items() if report["config"].get(k) != v}
-        if stale:
-            raise UsageError(f"{out} was run with other settings {stale} (theirs, wanted): "
-                             f"remove it or pass another --runs")
-        return report
-    print(f"\n=== {name}: {settings}", flush=True)
-    return tune(TuneConfig(out=str(out), resume=resume, **settings))
+from benchmarks.aid_page import write_page  # noqa: E402
+from benchmarks.aid_params import matched_adapter_dim  # noqa: E402
+from benchmarks.aid_probe import probe_seed  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -45,10 +44,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "study")
     ap.add_argument("--data-root")
-    ap.add_argument("--skip", type=int, nargs="+", default=[2],
-                    help="K values (default 2 = a quarter of the tiny base's 8 layers)")
-    ap.add_argument("--random", type=int, default=3, help="random skip sets per K")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip", type=int, default=2, help="K (default 2 = a quarter of the tiny base's 8 layers)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every arm")
+    ap.add_argument("--random", type=int, default=2, help="random K-sets per seed")
+    ap.add_argument("--max-runs", type=int, help="stop after this many new runs (the page marks what is missing)")
     ap.add_argument("--resume", action="store_true", help="reuse finished runs, continue interrupted ones")
     args = ap.parse_args(argv)
     return exit_status(study, args)
@@ -57,88 +56,97 @@ def main(argv=None) -> int:
 def study(args) -> None:
     if not args.out.parent.is_dir():
         raise UsageError(f"--out {args.out}: folder {args.out.parent} does not exist")
-    common = {"data_root": args.data_root, "seed": args.seed}
-    base = run("skip0", args.runs, args.resume, skip=0, **common)
-    studies = {}
-    for k in args.skip:
-        searched = run(f"eas{k}", args.runs, args.resume, skip=k, **common)
-        rng = random.Random(f"random-skip-sets:{args.seed}")
-        sets = [tuple(sorted(rng.sample(range(base["n_units"]), k))) for _ in range(args.random)]
-        randoms = [run(f"random{k}_{i}", args.runs, args.resume, skip_set=s, **common) for i, s in enumerate(sets)]
-        studies[k] = (searched, randoms)
-    write_page(args, base, studies)
+    for flag in ("skip", "seeds"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} {getattr(args, flag)}: expected a number >= 1")
+    if args.random < 0 or (args.max_runs is not None and args.max_runs < 0):
+        raise UsageError("--random and --max-runs must be >= 0")
+    runner = Runner(args)
+    steps = ["eas", "probe", "random0", "oracle", "skip0", "pm"] + [f"random{j}" for j in range(1, args.random)]
+    for step in steps if args.random else [a for a in steps if a != "random0"]:
+        for seed in range(args.seeds):
+            runner.probe(seed) if step == "probe" else runner.arm(step, seed)
+    write_page(args, runner.results, runner.probes, runner.missing)
 
 
-CHANCE = 100 / 30  # 30 AID classes
+class Runner:
+    def __init__(self, args):
+        self.args, self.new = args, 0
+        self.results: dict[tuple[str, int], dict] = {}   # (arm, seed) -> report
+        self.probes: dict[int, dict] = {}
+        self.missing: list[str] = []
+        self.pm_dim: int | None = None
 
+    def arm(self, arm: str, seed: int) -> None:
+        k, common = self.args.skip, {"data_root": self.args.data_root, "seed": seed}
+        if arm == "eas":
+            spec = ("eas", {"skip": k, "oracle": True, **common})
+        elif arm == "skip0":
+            spec = ("skip0", {"skip": 0, **common})
+        elif arm == "pm":
+            spec = self._param_matched(seed, common)
+        else:
+            skip_set = self._set_of(arm, seed)
+            if skip_set is None:
+                self.missing.append(f"{arm} seed {seed} (needs eas seed {seed})")
+                return
+            searched = self.results.get(("eas", seed))
+            if searched is not None and tuple(searched["skip_layers"]) == skip_set:
+                self.results[(arm, seed)] = searched
+                return
+            spec = ("set" + "-".join(map(str, skip_set)), {"skip_set": skip_set, **common})
+        report = self._run(seed, *spec)
+        if report is not None:
+            self.results[(arm, seed)] = report
+        else:
+            self.missing.append(f"{arm} seed {seed}")
 
-def _row(name: str, r: dict) -> str:
-    a = r["accuracy"]
-    return (f"| {name} | {r['skip_layers']} | {a['unmerged']:.2f} | {a['static']:.2f} | {a['dynamic']:.2f} | "
-            f"{100 * r['params']['share_of_llm']:.2f} |")
+    def _set_of(self, arm: str, seed: int) -> tuple[int, ...] | None:
+        if arm == "oracle":
+            eas = self.results.get(("eas", seed))
+            return None if eas is None else tuple(sorted(eas["oracle"]["oracle_set"]))
+        j = int(arm[len("random"):])
+        rng = random.Random(f"random-skip-sets:{seed}")
+        sets = [tuple(sorted(rng.sample(range(self.n_units), self.args.skip))) for _ in range(j + 1)]
+        return sets[j]
 
+    @property
+    def n_units(self) -> int:
+        return read_json(Path(TINY) / "config.json", "base config", RunFolderError)["llama"]["n_layers"]
 
-def _rows_and_findings(base: dict, studies: dict) -> tuple[list[str], list[str]]:
-    rows = [_row("adapters only (--skip 0)", base)]
-    findings = [f"- Adapter baseline vs chance: {base['accuracy']['unmerged']:.2f} % vs {CHANCE:.1f} %."]
-    everything = [base]
-    for k, (eas, randoms) in studies.items():
-        rows.append(_row(f"EAS, searched K={k}", eas))
-        rows += [_row(f"random K={k}", r) for r in randoms]
-        accs = [r["accuracy"]["unmerged"] for r in randoms]
-        findings += [
-            f"- K={k}: EAS vs the baseline {eas['accuracy']['unmerged'] - base['accuracy']['unmerged']:+.2f} points; "
-            f"searched set {eas['skip_layers']} {eas['accuracy']['unmerged']:.2f} % vs the mean of {len(accs)} random "
-            f"sets {statistics.mean(accs):.2f} % ({', '.join(f'{x:.2f}' for x in accs)}, a spread of "
-            f"{max(accs) - min(accs):.2f} points); search preferences (high = skippable, layer 0 first) "
-            f"`{eas['preferences']}`."]
-        everything += [eas, *randoms]
-    skipping = [r["accuracy"]["unmerged"] for r in everything[1:]]
-    findings.append(f"- Skip sets at or above the no-skip baseline: {sum(a >= base['accuracy']['unmerged'] for a in skipping)} "
-                    f"of {len(skipping)}. A difference smaller than the spread between random sets of one size is "
-                    "not evidence for or against the search: every fine-tune is paired (same seed, same dropout "
-                    "stream), but one seed per set cannot separate sets that differ by less than that.")
-    gap = {form: max(abs(r["accuracy"][form] - r["accuracy"]["unmerged"]) for r in everything)
-           for form in ("static", "dynamic")}
-    findings.append(f"- Merged vs unmerged, largest gap over all runs: static {gap['static']:.2f} points, "
-                    f"dynamic {gap['dynamic']:.2f} points.")
-    return rows, findings
+    def _param_matched(self, seed: int, common: dict) -> tuple[str, dict]:
+        if self.pm_dim is None:
+            self.pm_dim = matched_adapter_dim(TINY, self.args.skip)["adapter_dim"]
+        return f"pm{self.pm_dim}", {"skip": 0, "adapter_dim": self.pm_dim, **common}
 
+    def _run(self, seed: int, name: str, settings: dict) -> dict | None:
+        out = self.args.runs / f"s{seed}" / name
+        if (out / "report.json").is_file() and self.args.resume:
+            report = read_json(out / "report.json", "report", RunFolderError)
+            wanted = {**settings, "skip_set": list(settings["skip_set"]) if settings.get("skip_set") else None}
+            stale = {k: (report["config"].get(k), v) for k, v in wanted.items() if report["config"].get(k) != v}
+            if stale:
+                raise UsageError(f"{out} was run with other settings {stale} (theirs, wanted): "
+                                 f"remove it or pass another --runs")
+            return report
+        if self.args.max_runs is not None and self.new >= self.args.max_runs:
+            return None
+        self.new += 1
+        print(f"\n=== seed {seed} {name}: {settings}", flush=True)
+        return tune(TuneConfig(out=str(out), resume=self.args.resume, **settings))
 
-def write_page(args, base: dict, studies: dict) -> None:
-    synthetic, n_units, chance = base["synthetic"], base["n_units"], CHANCE
-    rows, findings = _rows_and_findings(base, studies)
-    skips = " ".join(str(k) for k in studies)
-    cmd = (f"python benchmarks/aid_study.py --out docs/RESULTS.md --skip {skips} --random {args.random}"
-           + (f" --data-root {args.data_root}" if args.data_root else ""))
-    tag = "SYNTHETIC AID-like data (procedurally drawn scenes, not the real AID)" if synthetic else "AID"
-    page = f"""# Results: EAS on {tag}
-
-{"**Every number on this page is on SYNTHETIC data.** " if synthetic else ""}Base: the tiny pretrained LaVIN-style model in
-`weights/tiny` ({n_units} decoder layers). Split: the paper's {base['config']['setting']} % setting — {base['split']['train']} train /
-{base['split']['val']} val (search reward only) / {base['split']['test']} test images, 30 classes (chance
-{chance:.1f} %). Accuracy is exact match of the generated single-word label on the test split,
-which neither the search nor the fine-tuning saw.
-
-| run | skipped attentions | unmerged (%) | static merged (%) | dynamic merged (%) | trainable (% of LLM) |
-|---|---|---|---|---|---|
-{chr(10).join(rows)}
-
-{chr(10).join(findings)}
-
-Produced by
-
-```bash
-{cmd}
-```
-
-on {platform.machine()} ({platform.processor() or 'CPU'}), one process; each run is `python run.py tune` with
-default settings plus `--skip` / `--skip-set` as listed (reports, with per-stage timings, under
-`runs/study/`). Accuracy is a function of the seed, not of the machine's load; times are not
-compared here (for speed see [BENCHMARKS.md](BENCHMARKS.md)).
-"""
-    write_text_atomic(args.out, page, RunFolderError)
-    print(page)
+    def probe(self, seed: int) -> None:
+        path = self.args.runs / f"s{seed}" / "probe.json"
+        if path.is_file() and self.args.resume:
+            self.probes[seed] = read_json(path, "probe result", RunFolderError)
+            return
+        if self.args.max_runs is not None and self.new >= self.args.max_runs:
+            self.missing.append(f"probe seed {seed}")
+            return
+        self.new += 1
+        self.probes[seed] = probe_seed(seed, self.args.data_root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(self.probes[seed], indent=1) + "\n", RunFolderError)
 
 
 if __name__ == "__main__":

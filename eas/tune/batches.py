@@ -1,7 +1,9 @@
 """The examples each step reads, decoded on the device, and their loss.
 
 Batch order is a function of (--seed, stage, epoch) alone, so a resumed run reads what the
-interrupted one would have. A batch none of whose images can be read is skipped on every rank,
+interrupted one would have. The search trains on the train split (its reward reads the val slice);
+the fine-tune trains on train + val, the whole training part of the data set, as the paper's
+fine-tune does (AID has no val split of its own: ours is carved out of the training images). A batch none of whose images can be read is skipped on every rank,
 counted and named; one unreadable file drops only its example.
 """
 from __future__ import annotations
@@ -44,7 +46,7 @@ class Batches:
         self.device, self.dtype, self.seed = device, dtype, seed
         self.batch_size, self.accum, self.val_batch = batch_size, accum, val_batch
         self.rank, self.world = rank, world
-        self.steps_per_epoch = max(1, len(task.train) // batch_size)  # optimizer steps
+        self.pools = {"search": list(task.train), "finetune": list(task.train) + list(task.val)}
         self.skipped_files: list[str] = []
         self.skipped_batches: list[str] = []
 
@@ -61,21 +63,27 @@ class Batches:
         batch = self.model.build_batch(self.tok, [(e.prompt, e.target, e.image is not None) for e in kept])
         return batch.to(self.device), None if pixels is None else pixels.to(self.device)
 
+    def epoch_steps(self, stage: str) -> int:
+        """Optimizer steps in one epoch of `stage` (search or finetune)."""
+        return max(1, len(self.pools[stage]) // self.batch_size)
+
     def indices(self, stage: str, step: int) -> list[int]:
-        """The global batch of a training step: indices into the training split."""
-        order = permutation(len(self.task.train), self.seed, stage, step // self.steps_per_epoch)
-        start = (step % self.steps_per_epoch) * self.batch_size
+        """The global batch of a training step: indices into the stage's pool (self.pools)."""
+        per_epoch = self.epoch_steps(stage)
+        order = permutation(len(self.pools[stage]), self.seed, stage, step // per_epoch)
+        start = (step % per_epoch) * self.batch_size
         return order[start:start + self.batch_size]
 
     def train(self, stage: str, step: int) -> list | None:
         """This rank's micro-batches of a training step, or None on every rank when no rank has any."""
+        pool = self.pools[stage]
         mine = self.indices(stage, step)[self.rank::self.world]
         per = math.ceil(len(mine) / self.accum)
-        parts = [self.prepare([self.task.train[i] for i in mine[j:j + per]]) for j in range(0, len(mine), per)]
+        parts = [self.prepare([pool[i] for i in mine[j:j + per]]) for j in range(0, len(mine), per)]
         parts = [p for p in parts if p]
         if not any_rank(bool(parts)):
             self._skip(f"training batch of {stage} step {step}; no update",
-                       [self.task.train[i] for i in self.indices(stage, step)])
+                       [pool[i] for i in self.indices(stage, step)])
             return None
         return parts
 

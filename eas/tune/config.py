@@ -14,6 +14,7 @@ from eas.adapters.merge import MODES
 from eas.data.aid import PAPER_TRAIN_FRACTIONS
 from eas.data.tasks import TASKS
 from eas.errors import UsageError
+from eas.tune.recipes import FIELDS as RECIPE_FIELDS, RECIPES, recipe_values
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "weights" / "tiny"
@@ -36,26 +37,29 @@ class TuneConfig:
     skip: int | None = None             # K units skipped; default a quarter of the layers
     skip_set: tuple[int, ...] | None = None  # fixed set: no search (ablations, random baselines)
     unit: str = "attention"
-    warmup_epochs: float = 3.0          # super-net on random sub-networks
-    search_epochs: float = 3.0          # bandit updates every nas_every steps
+    recipe: str = "demo"                # fills the schedule fields below left None (eas/tune/recipes.py)
+    warmup_epochs: float | None = None  # super-net on random sub-networks
+    search_epochs: float | None = None  # bandit updates every nas_every steps
     finetune_epochs: float | None = None  # None: arch_defaults (20; 10 for the LLaVA form of a narrow LLM)
-    search: str = "lavin"               # the bandit: lavin (softmax, val batch) or llava (sigmoid, curriculum on K)
+    search: str | None = None           # the bandit: lavin (softmax, val batch) or llava (sigmoid, curriculum
+                                        # on K); None: lavin, except llava for --recipe paper --arch llava
     nas_every: int | None = None        # bandit updates every N steps; None: SEARCH_DEFAULTS
     candidates: int | None = None       # M sub-networks scored per update; None: SEARCH_DEFAULTS
     beta: float | None = None           # policy inverse temperature; None: SEARCH_DEFAULTS
     search_lr: float | None = None      # bandit step size; None: SEARCH_DEFAULTS
-    val_batch: int = 32
-    batch_size: int = 16                # global, over ranks and accumulation
+    val_batch: int | None = None
+    batch_size: int | None = None       # global, over ranks and accumulation
     accum: int = 1
-    lr: float = 4e-3
+    lr: float | None = None
     projector_lr: float | None = None   # the visual projector's; None: --lr (both recipes train it at the adapters' rate)
-    weight_decay: float = 0.02
-    lr_warmup_epochs: float = 1.0
+    weight_decay: float | None = None
+    lr_warmup_epochs: float | None = None
     adapter_dim: int | None = None      # r_a; None: arch_defaults
     skip_dim: int | None = None         # r_s; None: arch_defaults
     dropout: float = 0.1
     warm_start: bool = False
     grad_checkpointing: bool = False
+    oracle: bool = False                # after the search: skip-one / greedy oracle -> oracle.json
     merge: str = "static"               # the form written to merged.pt; static also tunes with fixed routers
     eval_batch_size: int = 64
     max_test: int | None = None
@@ -118,12 +122,6 @@ def defaults_note(cfg: TuneConfig, llm_dim: int) -> str:
             f"the defaults of an LLM narrower than LLaVA-1.5's, eas.tune.config.arch_defaults)")
 
 
-def with_arch_defaults(cfg: TuneConfig, arch: str, llm_dim: int) -> TuneConfig:
-    """cfg with `arch` and its defaults (arch_defaults) filled in where the flags left them unset."""
-    unset = {k: v for k, v in arch_defaults(arch, llm_dim).items() if getattr(cfg, k) is None}
-    return dataclasses.replace(cfg, arch=arch, **unset)
-
-
 SEARCHES = ("lavin", "llava")
 # The two bandits (eas_method.md §3.1, §3.2). lavin: M = 3, step 2, softmax(10 s); updates every 2 steps
 # here (the recipe's 10 micro-steps are for epochs of thousands of steps). llava: M = 5 every 3 steps,
@@ -132,16 +130,29 @@ SEARCH_DEFAULTS = {"lavin": {"nas_every": 2, "candidates": 3, "beta": 10.0, "sea
                    "llava": {"nas_every": 3, "candidates": 5, "beta": 1.0, "search_lr": 1.0}}
 
 
-def with_search_defaults(cfg: TuneConfig) -> TuneConfig:
-    """cfg with the --search variant's settings filled in where the flags left them unset."""
-    unset = {k: v for k, v in SEARCH_DEFAULTS[cfg.search].items() if getattr(cfg, k) is None}
-    return dataclasses.replace(cfg, **unset)
+SEARCH_FIELDS = tuple(SEARCH_DEFAULTS["lavin"])
+# Fields a flag may leave None: filled once the base is known (with_defaults), or --lr for projector_lr.
+DEFERRED = (*ARCH_FIELDS, *RECIPE_FIELDS, *SEARCH_FIELDS, "projector_lr", "search")
+
+
+def with_defaults(cfg: TuneConfig, arch: str, llm_dim: int) -> TuneConfig:
+    """cfg with `arch` and every field the flags left unset filled in, then checked again, complete.
+
+    Precedence: flags, then the architecture's widths and fine-tune epochs (arch_defaults), then the
+    --recipe's schedule (eas/tune/recipes.py), then the --search variant's bandit settings.
+    """
+    search = cfg.search or ("llava" if cfg.recipe == "paper" and arch == "llava" else "lavin")
+    fills = {**SEARCH_DEFAULTS[search], **recipe_values(cfg.recipe, arch), **arch_defaults(arch, llm_dim)}
+    unset = {k: v for k, v in fills.items() if getattr(cfg, k) is None}
+    cfg = dataclasses.replace(cfg, arch=arch, search=search, **unset)
+    validate(cfg)
+    return cfg
 
 
 COUNTS = ("nas_every", "candidates", "val_batch", "batch_size", "accum", "adapter_dim", "skip_dim",
           "eval_batch_size", "synthetic_per_class")
 EPOCHS = ("warmup_epochs", "search_epochs", "finetune_epochs", "lr_warmup_epochs")
-CHOICES = {"task": TASKS, "search": SEARCHES, "unit": UNITS, "merge": MODES, "dtype": (None, *DTYPES), "arch": (None, *ARCHS)}
+CHOICES = {"recipe": RECIPES, "task": TASKS, "search": (None, *SEARCHES), "unit": UNITS, "merge": MODES, "dtype": (None, *DTYPES), "arch": (None, *ARCHS)}
 
 
 def _flag(name: str) -> str:
@@ -158,23 +169,19 @@ def validate(cfg: TuneConfig) -> None:
     for name, options in CHOICES.items():
         value = getattr(cfg, name)
         _require(value in options, name, value, "one of " + ", ".join(o for o in options if o))
-    for name in COUNTS:
+    unset = {name for name in DEFERRED if getattr(cfg, name) is None}  # filled once the base is known
+    for name in (n for n in COUNTS if n not in unset):
         value = getattr(cfg, name)
-        if value is None and name in (*ARCH_FIELDS, *SEARCH_DEFAULTS["lavin"]):
-            continue  # the architecture's or the search variant's default
         _require(isinstance(value, int) and value >= 1, name, value, "a whole number >= 1")
-    for name in EPOCHS:
+    for name in (n for n in EPOCHS if n not in unset):
         value = getattr(cfg, name)
-        if value is None and name in ARCH_FIELDS:
-            continue
         _require(math.isfinite(value) and value >= 0, name, value, "a finite number of epochs >= 0")
-    for name in ("lr", "projector_lr", "search_lr", "beta", "save_minutes"):
+    for name in (n for n in ("lr", "projector_lr", "search_lr", "beta", "save_minutes") if n not in unset):
         value = getattr(cfg, name)
-        if value is None and name in ("projector_lr", "search_lr", "beta"):
-            continue  # a default filled in later
         _require(math.isfinite(value) and value > 0, name, value, "a finite number > 0")
-    _require(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", cfg.weight_decay,
-             "a finite number >= 0")
+    if "weight_decay" not in unset:
+        _require(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", cfg.weight_decay,
+                 "a finite number >= 0")
     _require(cfg.setting.rstrip("%") in PAPER_TRAIN_FRACTIONS, "setting", cfg.setting,
              "one of " + ", ".join(PAPER_TRAIN_FRACTIONS) + " (% of AID for training)")
     _require(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "a probability in [0, 1)")
@@ -182,6 +189,8 @@ def validate(cfg: TuneConfig) -> None:
     _require(cfg.max_test is None or cfg.max_test >= 1, "max_test", cfg.max_test, "a number of examples >= 1")
     _require(cfg.skip is None or cfg.skip >= 0, "skip", cfg.skip, "a number of units >= 0")
     _validate_skip_set(cfg)
+    if cfg.oracle and (cfg.skip_set is not None or cfg.skip == 0):
+        raise UsageError("--oracle judges a search's super-network: drop it with --skip 0 or --skip-set")
     if cfg.llama and not cfg.clip:
         raise UsageError("--llama needs --clip (the vision tower of the LaVIN or LLaVA model to assemble)")
     if cfg.task != "aid" and cfg.data_root is None:

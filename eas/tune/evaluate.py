@@ -15,9 +15,12 @@ from eas.adapters.merge import merge
 from eas.adapters.params import trainable_report
 from eas.data.tasks import load_pixels
 from eas.model.image import pixel_loader
+from eas.errors import RunFolderError
+from eas.io.files import read_json
 from eas.io.merged import as_stored, save_merged
 from eas.tune.checkpoints import Checkpointer
 from eas.tune.config import defaults_note, dtype_name
+from eas.tune.recipes import describe
 from eas.tune.report import write_report
 from eas.tune.session import Session
 from eas.tune.train import autocast_context, trainable_state_dict
@@ -91,6 +94,7 @@ def build_report(s: Session, skip, examples, results: dict, forms: dict) -> dict
     return {
         "task": task.name, "synthetic": task.synthetic, "data": task.source,
         "split": {"train": len(task.train), "val": len(task.val), "test": len(examples)},
+        "recipe": describe(cfg.recipe, cfg.arch, dataclasses.asdict(cfg)),
         "skip_layers": list(skip), "k": s.k, "unit": cfg.unit, "n_units": s.n_units, "searched": searched,
         "preferences": [round(x, 6) for x in s.search.scores.tolist()],
         "importance_order": s.search.importance_order(),
@@ -103,6 +107,7 @@ def build_report(s: Session, skip, examples, results: dict, forms: dict) -> dict
         "timings_s": {k: round(v, 1) for k, v in s.timings.items()},
         "skipped_files": s.batches.skipped_files, "skipped_batches": s.batches.skipped_batches,
         "warnings": task.warnings, "world_size": s.world,
+        "oracle": read_json(s.folder.path / "oracle.json", "oracle result", RunFolderError) if cfg.oracle else None,
         "config": {**dataclasses.asdict(cfg), "out": str(s.folder.path), "device": str(s.device),
                    "dtype": dtype_name(s.dtype)},
     }

@@ -1,7 +1,7 @@
 """`python run.py tune`: the whole EAS recipe in one resumable command (eas_method.md §3-4).
 
 Stages: (1) super-net warm-up on random sub-networks, (2) bandit search, (3) top-K skip set,
-(4) fine-tune of the chosen sub-network, (5) test accuracy of the unmerged, static- and
+(3b, --oracle) the oracle skip-one / greedy losses of the super-network, (4) fine-tune of the chosen sub-network, (5) test accuracy of the unmerged, static- and
 dynamic-merged forms, (6) merged.pt + report. Under torchrun every rank trains on its shard of
 each global batch; gradients and losses are summed across ranks (eas.tune.train.train_step).
 """
@@ -13,6 +13,7 @@ from eas.distributed import barrier
 from eas.tune.evaluate import evaluate
 from eas.tune.finetune_stage import run_finetune
 from eas.tune.interrupts import StopOnSignal
+from eas.tune.oracle_stage import run_oracle
 from eas.tune.search_stage import run_search
 from eas.tune.session import Session
 from eas.tune.setup import open_session
@@ -33,6 +34,8 @@ def tune(cfg: TuneConfig) -> dict:
         if stage == "search":
             run_search(s, ckpt, step, saved)
             stage, step, saved = "finetune", 0, None
+        if stage == "finetune" and step == 0 and s.cfg.oracle and s.lead:
+            run_oracle(s)  # the super-network's adapters, before the fine-tune replaces them
         if stage == "finetune":
             run_finetune(s, ckpt, step, saved)
     report = evaluate(s, ckpt) if s.lead else {}  # short: Ctrl-C simply stops it

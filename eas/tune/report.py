@@ -8,6 +8,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
+# How far one seed is from "the" result (docs/RESULTS.md measures the spread over seeds).
+SEED_CAVEAT = ("one seed on one machine; the same command on another CPU can differ by several points "
+               "(30.54 % vs 26.92 % seen for the default job), so compare mean ± sd over seeds "
+               "(benchmarks/aid_study.py --seeds N), not single runs")
+
+
 def write_report(report: dict, folder) -> None:
     """Into a RunFolder (eas/tune/run_folder.py): every file written atomically."""
     if report["trajectories"]:
@@ -54,7 +60,18 @@ def summary_lines(r: dict) -> list[str]:
         lines.append(f"  WARNING: {len(r['skipped_batches'])} batch(es) with no readable image skipped "
                      f"(listed in report.md)")
     lines.append(f"  merged model ({r['merged']['mode']}): {r['merged']['path']}")
+    if r.get("oracle"):
+        lines.append(f"  {oracle_line(r['oracle'])}")
+    lines += [f"  {r['recipe']}", f"  NOTE: {SEED_CAVEAT}"]
     return lines
+
+
+def oracle_line(o: dict) -> str:
+    return (f"oracle (super-network, skip-one validation loss): greedy set {o['oracle_set']}, searched "
+            f"{o['searched_set']}, overlap {o['vs_val']['overlap']}/{o['vs_val']['k']}; Spearman rho of the "
+            f"bandit's preferences vs the oracle: {o['vs_val']['spearman']:+.2f} (val loss), "
+            f"{o['vs_test_loss']['spearman']:+.2f} (test loss), {o['vs_test_accuracy']['spearman']:+.2f} "
+            f"(test accuracy on {o['test_examples']} examples)")
 
 
 def markdown(r: dict) -> str:
@@ -88,6 +105,10 @@ Trainable parameters: {p['trainable']:,} ({100 * p['share_of_llm']:.3f} % of the
 (each adapter's mean route over training examples, listed in report.json) were folded into it.
 {_search_section(r)}
 Timings (s): {r['timings_s']}
+
+Schedule: {r['recipe']}.
+{chr(10) + oracle_line(r['oracle']) + " (oracle.json)." + chr(10) if r.get('oracle') else ""}
+Note: {SEED_CAVEAT}.
 
 Configuration: `{json.dumps(r['config'])}`
 """

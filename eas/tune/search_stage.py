@@ -23,7 +23,7 @@ from eas.tune.session import Session
 def run_search(s: Session, ckpt: Checkpointer, start: int, saved: dict | None) -> None:
     if s.steps("search") == 0:
         return
-    warm = round(s.cfg.warmup_epochs * s.batches.steps_per_epoch)
+    warm = round(s.cfg.warmup_epochs * s.batches.epoch_steps("search"))
     llava = s.cfg.search == "llava"
 
     def step_fn(step: int, total: int) -> tuple[dict, dict]:

@@ -56,7 +56,7 @@ class Session:
         return self.model.llama.cfg.n_layers
 
     def steps(self, stage: str) -> int:
-        return stage_steps(self.cfg, self.k, self.batches.steps_per_epoch, stage)
+        return stage_steps(self.cfg, self.k, self.batches.epoch_steps(stage), stage)
 
     def chosen(self) -> tuple[int, ...]:
         """The skip set the fine-tune trains and the merge removes."""
@@ -80,7 +80,7 @@ class Session:
         batches = self.batches.train(stage, step) if batches is None else batches
         if batches is None:
             return None
-        warmup = min(total, round(self.cfg.lr_warmup_epochs * self.batches.steps_per_epoch))
+        warmup = min(total, round(self.cfg.lr_warmup_epochs * self.batches.epoch_steps(stage)))
         return train_step(self.model, self.batches.loss, self.optimizer, batches, step,
                           lambda s: lr_at(s, total, warmup, self.cfg.lr))
 

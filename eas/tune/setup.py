@@ -19,8 +19,7 @@ from eas.model.llava import Llava
 from eas.model.tokenizer import Tokenizer
 from eas.search import BanditSearch, skip_target
 from eas.tune.batches import Batches
-from eas.tune.config import (TuneConfig, check_against_model, resolve_device, resolve_dtype, with_arch_defaults,
-                             with_search_defaults)
+from eas.tune.config import TuneConfig, check_against_model, resolve_device, resolve_dtype, with_defaults
 from eas.distributed import init_distributed, rank_zero_first
 from eas.tune.run_folder import RunFolder
 from eas.tune.session import Session, stage_steps
@@ -35,8 +34,7 @@ def open_session(cfg: TuneConfig) -> Session:
     folder = RunFolder(cfg.run_dir, rank == 0)
     folder.prepare(cfg.resume)
     model, tok, tok_path = load_base(cfg, device, dtype)
-    cfg = with_search_defaults(with_arch_defaults(cfg, "llava" if isinstance(model, Llava) else "lavin",
-                                                  model.llama.cfg.dim))
+    cfg = with_defaults(cfg, "llava" if isinstance(model, Llava) else "lavin", model.llama.cfg.dim)
     k = check_against_model(cfg, model.llama.cfg.n_layers)
     with rank_zero_first(rank == 0):
         task = load_task(cfg.task, cfg.data_root, cache_dir=cfg.cache_dir, setting=cfg.setting, seed=cfg.seed,
@@ -44,7 +42,7 @@ def open_session(cfg: TuneConfig) -> Session:
                          arch=cfg.arch)
     batches = Batches(task, model, tok, device=device, dtype=dtype, seed=cfg.seed, batch_size=cfg.batch_size,
                       accum=cfg.accum, val_batch=cfg.val_batch, rank=rank, world=world)
-    check_splits(cfg, task, world, stage_steps(cfg, k, batches.steps_per_epoch, "search") > 0)
+    check_splits(cfg, task, world, stage_steps(cfg, k, batches.epoch_steps("search"), "search") > 0)
     dropout = attach_adapters(model, cfg, device)
     search = BanditSearch(model.llama.cfg.n_layers, max(k, 1), beta=cfg.beta, lr=cfg.search_lr,
                           generator=torch.Generator().manual_seed(cfg.seed), policy=POLICY[cfg.search])

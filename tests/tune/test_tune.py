@@ -97,7 +97,8 @@ def test_tiny_end_to_end_tune(base, cache, tmp_path):
     answers = [tok.decode(t) for t in merged.generate(batch, pixels, 10, eos_id=tok.eos_id)]
     assert answers == [r["static"] for r in rows[:8]]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in log].count("search") == 9 and [r["stage"] for r in log].count("finetune") == 6
+    # the search trains on the 30 train examples (3 steps of 8 per epoch), the fine-tune on train + val (7)
+    assert [r["stage"] for r in log].count("search") == 9 and [r["stage"] for r in log].count("finetune") == 14
 
 
 @pytest.mark.parametrize("unit,kv_share", [("ffn", 1.0), ("layer", 0.75)])
@@ -126,6 +127,36 @@ def test_searched_set_fine_tunes_like_the_same_fixed_set(base, cache, tmp_path):
     b = load_checkpoint(tmp_path / "f" / "adapters.pt")["adapters"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not fixed["searched"] and fixed["accuracy"] == searched["accuracy"]
+
+
+def test_oracle_leaves_the_run_bit_identical_and_judges_its_super_network(base, cache, tmp_path):
+    """Two seeded runs in one process reproduce bit for bit, and --oracle (eval mode, no random
+    draw) changes nothing the run computes; oracle.json holds the skip-one and greedy results."""
+    small = {**SMALL, "skip": 2, "max_test": 6}
+    plain = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "p"), **small))
+    judged = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "o"), oracle=True, **small))
+    a, b = (load_checkpoint(tmp_path / d / "adapters.pt")["adapters"] for d in ("p", "o"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert plain["trajectories"] == judged["trajectories"] and plain["accuracy"] == judged["accuracy"]
+    assert (tmp_path / "p" / "predictions.jsonl").read_text() == (tmp_path / "o" / "predictions.jsonl").read_text()
+    o = json.loads((tmp_path / "o" / "oracle.json").read_text())
+    assert judged["oracle"] == o and plain["oracle"] is None
+    assert o["searched_set"] == judged["skip_layers"] and o["preferences"] == pytest.approx(judged["preferences"], abs=1e-6)
+    pairs = {tuple(k): v for k, v in o["all_sets_val_loss"]}
+    assert len(pairs) == 6  # C(4, 2)
+    first = min(range(4), key=lambda i: (o["val_loss_skip_one"][i], i))
+    assert first in o["oracle_set"]
+    assert o["oracle_path_val_loss"][1] == pytest.approx(min(v for k, v in pairs.items() if first in k), rel=1e-9)
+    assert pairs[tuple(o["oracle_set"])] == pytest.approx(o["oracle_path_val_loss"][1], rel=1e-9)
+    assert set(o["test_accuracy_skip_one"]) == {"none", "0", "1", "2", "3"} and o["test_examples"] == 15
+    assert -1 <= o["vs_val"]["spearman"] <= 1 and o["vs_val"]["k"] == 2
+    assert "Spearman rho" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_oracle_needs_a_search(base, cache, tmp_path):
+    with pytest.raises(UsageError, match="--oracle"):
+        tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"), oracle=True,
+                        **{**SMALL, "skip_set": (1,), "skip": None}))
 
 
 def test_unknown_unit_is_refused(base, cache, tmp_path):
@@ -189,7 +220,7 @@ def test_interrupt_and_kill_then_resume_is_exact(base, cache, tmp_path):
     assert (ref / "predictions.jsonl").read_text() == (run / "predictions.jsonl").read_text()
     # The log holds each step once, as if nothing had happened.
     steps = [(r["stage"], r["step"]) for r in map(json.loads, log.read_text().splitlines()) if "stage" in r]
-    assert len(steps) == len(set(steps)) == (1 + 6) * 3 + 3  # (warm-up + search epochs) x 3 steps + fine-tune
+    assert len(steps) == len(set(steps)) == (1 + 6) * 3 + 7  # (warm-up + search epochs) x 3 steps + fine-tune
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
@@ -350,7 +381,8 @@ def test_batch_without_readable_image_is_skipped_not_fatal(base, cache, tmp_path
     from eas.tune.batches import permutation
     root = _slake_set(tmp_path / "Slake", images=None)  # one image file per question
     train, val = load_slake(root, "train"), load_slake(root, "validate")
-    bad_train = [train[i].image for i in permutation(len(train), 0, "finetune", 0)[:4]]  # fine-tune step 0
+    pool = train + val  # what the fine-tune reads
+    bad_train = [pool[i].image for i in permutation(len(pool), 0, "finetune", 0)[:4]]  # fine-tune step 0
     bad_val = [val[i].image for i in permutation(len(val), 0, "val", 0)[:2]]  # bandit round 0
     for path in bad_train + bad_val:
         path.write_bytes(b"not a jpeg")
@@ -518,4 +550,4 @@ def test_default_run_folder_is_per_task_and_bf16_base_trains(base, cache, tmp_pa
     adapters = load_checkpoint(tmp_path / "runs" / "aid" / "adapters.pt")["adapters"]
     assert {v.dtype for v in adapters.values()} == {torch.float32}
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "runs" / "aid" / "log.jsonl").read_text().splitlines())]
-    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert len(losses) == 7 and all(math.isfinite(x) for x in losses)  # one epoch of train + val, 60 // 8

@@ -79,19 +79,19 @@ def test_generate_answers_with_a_tuned_llava_merged_pt(base, tmp_path, capsys):
 def test_llava_defaults_rule():
     """LLaVA-1.5 (7B: 4096 wide, 13B: 5120) keeps the scripts' 128 and 20 epochs; a narrower LLM keeps
     128/4096 of its width and fine-tunes 10 epochs."""
-    from eas.tune.config import TuneConfig, arch_defaults, defaults_note, with_arch_defaults
+    from eas.tune.config import TuneConfig, arch_defaults, defaults_note, with_defaults
     full = {"adapter_dim": 128, "skip_dim": 128, "finetune_epochs": 20.0}
     assert arch_defaults("llava", 4096) == arch_defaults("llava", 5120) == full
     assert arch_defaults("llava", 256) == {"adapter_dim": 8, "skip_dim": 8, "finetune_epochs": 10.0}
     assert arch_defaults("llava", 64)["adapter_dim"] == 2
     assert arch_defaults("lavin", 256) == arch_defaults("lavin", 4096) == {"adapter_dim": 8, "skip_dim": 32,
                                                                           "finetune_epochs": 20.0}
-    cfg = with_arch_defaults(TuneConfig(adapter_dim=16), "llava", 256)
+    cfg = with_defaults(TuneConfig(adapter_dim=16), "llava", 256)
     assert (cfg.adapter_dim, cfg.skip_dim, cfg.finetune_epochs) == (16, 8, 10.0)  # a flag wins over the rule
-    assert defaults_note(with_arch_defaults(TuneConfig(), "llava", 256), 256) == (
+    assert defaults_note(with_defaults(TuneConfig(), "llava", 256), 256) == (
         "r_a = 8, r_s = 8, 10 fine-tune epochs (LLaVA-EAS's r = 128 x 256/4096 and a shorter fine-tune: the "
         "defaults of an LLM narrower than LLaVA-1.5's, eas.tune.config.arch_defaults)")
-    assert defaults_note(with_arch_defaults(TuneConfig(), "llava", 4096), 4096).endswith("(LLaVA-EAS scripts')")
+    assert defaults_note(with_defaults(TuneConfig(), "llava", 4096), 4096).endswith("(LLaVA-EAS scripts')")
 
 
 def test_tiny_llava_default_trains_as_many_parameters_as_lavin():
