@@ -35,7 +35,8 @@ def run_search(s: Session, ckpt: Checkpointer, start: int, saved: dict | None) -
         k = curriculum_k(s.k, step, warm) if llava else s.k
         subnet = broadcast_subnets([s.search.sample(k)])[0]
         set_skipped(s.model.llama, subnet)
-        loss = s.train_step("search", step, total, batches)
+        # an unreadable batch already read for the reward is not read (and reported) a second time
+        loss = None if due and llava and batches is None else s.train_step("search", step, total, batches)
         record = {**loss_record(loss), "skip": list(subnet), **record}
         if due and not llava:
             batch = s.batches.val((step - warm) // s.cfg.nas_every, step)
