@@ -14,9 +14,10 @@ from eas.tune.report import SEED_CAVEAT
 
 CHANCE = 100 / 30  # 30 AID classes
 ARMS = {"skip0": "adapters only (no skip)", "pm": "adapters only, widened (parameter-matched)",
-        "eas": "EAS, searched K-set", "oracle": "greedy oracle K-set", "random": "random K-set"}
+        "eas": "EAS, searched K-set", "oracle": "greedy oracle K-set", "random": "random K-set",
+        "llava0": "LLaVA-style, adapters only (no skip)", "llava": "LLaVA-style EAS, searched K-set"}
 PAIRS = [("eas", "random"), ("eas", "oracle"), ("oracle", "random"), ("eas", "skip0"), ("pm", "skip0"),
-         ("eas", "pm")]
+         ("eas", "pm"), ("llava", "eas"), ("llava0", "skip0"), ("llava", "llava0")]
 RHO_CRITICAL_N8 = 0.738  # two-sided 5 % critical value of Spearman's rho for n = 8 (exact tables)
 PROBES = {"lavin_tokens": "LaVIN image tokens (6 CLS taps after the projector; what LaVIN's LLM reads)",
           "cls_taps": "the 6 CLS taps before the projector",
@@ -199,6 +200,12 @@ def write_page(args, results: dict, probes: dict, missing: list[str]) -> None:
     split = (f"{base['split']['train']} train / {base['split']['val']} val (search reward only; the fine-tune "
              f"reads train + val) / {base['split']['test']} test images" if base else "n/a")
     recipe = describe(base["config"].get("recipe", "demo"), "lavin", base["config"]) if base else "n/a"
+    llava = next((r for (a, _), r in results.items() if a.startswith("llava")), None)
+    if llava:
+        recipe += (".\n- The LLaVA-style arms use the " + describe(llava["config"].get("recipe", "demo"), "llava",
+                                                               llava["config"]) +
+                   f"; search {llava['config']['search']}, r_a {llava['config']['adapter_dim']}, "
+                   f"r_s {llava['config']['skip_dim']}, {llava['config']['finetune_epochs']:g} fine-tune epochs")
     partial = ("" if not missing else "\n**PARTIAL: the study is not finished.** Missing: " + "; ".join(missing)
                + ". Complete it (each run its own job under the machine's lock) with\n\n```bash\nfor i in $(seq "
                f"{len(missing)}); do flock /tmp/eas-heavy.lock {command(args)} --resume --max-runs 1; done\n```\n")
@@ -216,6 +223,12 @@ stream and the search; every arm of one seed shares them, so comparisons are pai
 | arm | seeds | runs | accuracy (%) mean ± sd | per run: seed, skip set, accuracy | trainable (% of LLM) |
 |---|---|---|---|---|---|
 {chr(10).join(arm_rows(results))}
+
+The LLaVA-style arms (`--arch llava`, issue 13) wire the same tiny base the way LLaVA-1.5 does:
+the ViT's penultimate-block patch tokens (CLS dropped) through a two-layer GELU projector that
+starts untrained and is trained with the adapters, placed at `<image>` in a `vicuna_v1` prompt;
+PIA-A/PIA-S in the LLM only, at the width that scales LLaVA-EAS's r = 128 to this LLM (8). The
+LaVIN-style arms read 6 CLS taps through a projector pretrained with the tiny base.
 
 The parameter-matched arm widens the PIA-A width r_a from 8 to the even width whose trainable count
 is nearest EAS's with K = 2 (r_a is shared with the ViT's adapters, so the match is in the total,
@@ -265,7 +278,7 @@ base's own features, no adapter: trained on train + val (600 images), scored on 
 - Fine-tune data: since this study the fine-tune reads train + val (540 -> 600 images), as the
   paper fine-tunes on its whole training split; the one-seed page before it (seed 0: 30.54 %
   searched [5, 6], 25.62 % adapters only) fine-tuned on train alone.
-- Schedule: every run uses the {recipe}.
+- Schedule: the LaVIN-style arms use the {recipe}.
 
 Produced by
 

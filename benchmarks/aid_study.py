@@ -8,7 +8,9 @@ Arms, each over seeds 0..N-1 (the seed draws the split, the adapters, the dropou
   pm       the same, adapters widened (--adapter-dim) to about the trainable count of EAS with K;
   eas      EAS: search K attentions (with --oracle), fine-tune them;
   randomJ  the J-th uniformly random K-set of the seed, fine-tuned exactly like the searched set;
-  oracle   the greedy oracle K-set of the seed's searched super-network, fine-tuned the same way.
+  oracle   the greedy oracle K-set of the seed's searched super-network, fine-tuned the same way;
+  llava    EAS on the LLaVA-style wiring of the same base (--arch llava: patch tokens, projector);
+  llava0   the LLaVA-style wiring, no skipping.
 A fine-tune depends on (seed, skip set) alone (tests/tune/test_tune.py), so a set equal to one
 already fine-tuned for that seed reuses that run. Plus a linear-probe ceiling per seed.
 
@@ -62,7 +64,8 @@ def study(args) -> None:
     if args.random < 0 or (args.max_runs is not None and args.max_runs < 0):
         raise UsageError("--random and --max-runs must be >= 0")
     runner = Runner(args)
-    steps = ["eas", "probe", "random0", "oracle", "skip0", "pm"] + [f"random{j}" for j in range(1, args.random)]
+    steps = (["eas", "probe", "random0", "oracle", "skip0", "pm"] + [f"random{j}" for j in range(1, args.random)]
+             + ["llava", "llava0"])
     for step in steps if args.random else [a for a in steps if a != "random0"]:
         for seed in range(args.seeds):
             runner.probe(seed) if step == "probe" else runner.arm(step, seed)
@@ -85,6 +88,8 @@ class Runner:
             spec = ("skip0", {"skip": 0, **common})
         elif arm == "pm":
             spec = self._param_matched(seed, common)
+        elif arm in ("llava", "llava0"):
+            spec = (arm, {"arch": "llava", "skip": k if arm == "llava" else 0, **common})
         else:
             skip_set = self._set_of(arm, seed)
             if skip_set is None:

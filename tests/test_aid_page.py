@@ -35,6 +35,8 @@ def results():
         r[("random1", seed)] = report(r1, (3, 4), seed)
         r[("oracle", seed)] = report(o, (0, 1), seed)
         r[("skip0", seed)] = report(s0, (), seed, trainable=115_952)
+        r[("llava", seed)] = report(e - 4 + seed, (2, 5), seed)
+        r[("llava", seed)]["config"].update(search="lavin", adapter_dim=8, skip_dim=8, finetune_epochs=10.0)
     return r
 
 
@@ -48,6 +50,8 @@ def test_paired_differences_and_ranks(results):
     assert aid_page.set_rank(results[("eas", 0)]["oracle"], (6, 7)) == "28 of 28"
     _, rhos = aid_page.oracle_rows(results)
     assert rhos["vs_val"] == [0.5, -0.2, 0.8]
+    row = rows["| LLaVA-style EAS, searched K-set − EAS, searched K-set"]
+    assert "-3.00 ± 1.00" in row and "0 of 3" in row
 
 
 def test_page_and_plot_are_written_and_a_partial_study_says_so(results, tmp_path):
@@ -58,6 +62,8 @@ def test_page_and_plot_are_written_and_a_partial_study_says_so(results, tmp_path
     page = args.out.read_text()
     assert "SYNTHETIC" in page and "PARTIAL" in page and "--max-runs 1" in page
     assert "38.00 ± 1.00" in page  # the probe row
+    assert "| LLaVA-style EAS, searched K-set | 3 | 3 | 25.67 ± 1.53 |" in page
+    assert "The LLaVA-style arms use the recipe demo" in page and "r_a 8, r_s 8, 10 fine-tune epochs" in page
     assert "python benchmarks/aid_study.py --out docs/RESULTS.md --seeds 3 --skip 2 --random 2" in page
     assert (tmp_path / "aid_oracle.png").read_bytes()[:4] == b"\x89PNG"
     aid_page.write_page(args, results, probes, [])

@@ -17,7 +17,7 @@ def fake(monkeypatch, tmp_path):
         report = {"skip_layers": skip, "accuracy": {"unmerged": 20.0 + len(calls)},
                   "config": {"skip": cfg.skip, "skip_set": list(cfg.skip_set) if cfg.skip_set else None,
                              "seed": cfg.seed, "oracle": cfg.oracle, "data_root": None,
-                             "adapter_dim": cfg.adapter_dim},
+                             "adapter_dim": cfg.adapter_dim, "arch": cfg.arch},
                   "oracle": {"oracle_set": [5, 6] if cfg.seed == 0 else [0, 1]} if cfg.oracle else None}
         out = tmp_path / "runs" / cfg.out.split("/runs/")[1]
         out.mkdir(parents=True)
@@ -51,6 +51,10 @@ def test_arms_run_in_order_and_a_set_already_tuned_is_reused(fake):
     assert [c.adapter_dim for c in calls if c.adapter_dim] == [14, 14]  # parameter-matched, both seeds
     names = sorted(p.parent.relative_to(tmp_path / "runs").as_posix() for p in (tmp_path / "runs").rglob("report.json"))
     assert "s1/set0-1" in names and "s0/pm14" in names and "s0/skip0" in names
+    # the LLaVA-style arms come last: searched K, then no skip, over every seed
+    assert [(c.arch, c.skip, c.seed) for c in calls[-4:]] == [("llava", 2, 0), ("llava", 2, 1), ("llava", 0, 0),
+                                                             ("llava", 0, 1)]
+    assert "s1/llava" in names and "s1/llava0" in names
     n = len(calls)
     assert study(tmp_path) == 0 and len(calls) == n  # everything reused
 
