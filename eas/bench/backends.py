@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eas.bench.ort_weights import SharedWeights
 from eas.model.state import kv_bytes
 
 BACKENDS = ("eager", "compile", "ort", "llama.cpp-f32", "llama.cpp-f16")
@@ -81,20 +82,23 @@ def ort_options(threads: int, level: str = "all", profile: bool = False):
 
 
 class Ort:
-    """The model's exported graphs in ONNX Runtime (CPU provider); exported to a temporary folder."""
+    """The model's exported graphs in ONNX Runtime (CPU provider); exported to a temporary folder,
+    their large weights held once in `shared` (eas/bench/ort_weights.py) for all graphs and variants."""
 
-    def __init__(self, model, threads: int, level: str = "all", profile: bool = False):
-        import onnxruntime as ort
+    def __init__(self, model, threads: int, level: str = "all", profile: bool = False,
+                 shared: SharedWeights | None = None):
         from export.onnx_export import export_graph, graph_specs
         specs, self.layout = graph_specs(model)
-        self.sessions, self.weights = {}, 0  # weights: bytes of the graph files (each graph holds its own)
+        shared = shared if shared is not None else SharedWeights()
+        self.sessions, self.held = {}, {}
         with tempfile.TemporaryDirectory(prefix="eas-bench-ort-") as tmp:
             for spec in specs:
                 path = Path(tmp) / spec.file
                 export_graph(spec, path, model.cfg.vocab_size)
-                self.weights += sum(f.stat().st_size for f in Path(tmp).glob(spec.file + "*"))
-                self.sessions[spec.name] = ort.InferenceSession(str(path), ort_options(threads, level, profile),
-                                                                providers=["CPUExecutionProvider"])
+                self.sessions[spec.name], used = shared.session(path, ort_options(threads, level, profile),
+                                                                ["CPUExecutionProvider"])
+                self.held.update((id(t), t) for t in used)
+        self.weights = sum(t.array.nbytes for t in self.held.values())  # distinct weights read, as for eager
         self.past: list[np.ndarray] = []
 
     def prefill(self, tokens: np.ndarray) -> np.ndarray:
@@ -124,13 +128,14 @@ class Ort:
         return sum(a.nbytes for a in self.past)
 
 
-def session(backend: str, model, slots: int, threads: int):
-    """A timed session of `model` on `backend` (llama.cpp: eas.bench.llamacpp)."""
+def session(backend: str, model, slots: int, threads: int, shared: SharedWeights | None = None):
+    """A timed session of `model` on `backend` (llama.cpp: eas.bench.llamacpp); ONNX Runtime
+    sessions given one `shared` hold each distinct weight once."""
     if backend == "eager":
         return Eager(model, slots)
     if backend == "compile":
         return Compiled(model, slots)
     if backend == "ort":
-        return Ort(model if model.tok_embeddings.weight.is_cpu else copy.deepcopy(model).cpu(), threads)
+        return Ort(model if model.tok_embeddings.weight.is_cpu else copy.deepcopy(model).cpu(), threads, shared=shared)
     from eas.bench.llamacpp import LlamaCpp
     return LlamaCpp(model, slots, threads, backend.rsplit("-", 1)[1])

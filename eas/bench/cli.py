@@ -14,8 +14,9 @@ from tqdm import tqdm
 
 from eas.bench import cost, report
 from eas.bench.backends import BACKENDS
+from eas.bench.ort_weights import SharedWeights, prepack_fits
 from eas.bench.runner import Cell, build_sessions, time_cell
-from eas.bench.variants import ADAPTERS, SIZES, base_model, bench_config, skip_layers
+from eas.bench.variants import ADAPTERS, SIZES, base_model, bench_config, skip_layers, weight_bytes
 from eas.errors import UsageError
 from eas.io.files import write_text_atomic
 
@@ -28,15 +29,14 @@ How to read: every variant of a section's cell is timed round-robin in one run, 
 discarded, medians over the rounds. Speed-ups are to the base model on the same backend, printed as
 "measured / ideal": the ideal comes from the analytic cost model (`eas/bench/cost.py`): FLOPs for
 prefill, bytes moved (weights + K/V) for decode. *floor* = base with the same attentions deleted
-and no adapters. Peak MB = the session's own weights (graph files for ONNX Runtime, which holds
-one copy per graph; the GGUF file for llama.cpp) plus the process's peak resident growth during
+and no adapters. Peak MB = the distinct weights the session reads (ONNX Runtime: one copy shared
+by its graphs and by the variants, eas/bench/ort_weights.py, not counting the per-graph copies its
+MatMul pre-packing makes; llama.cpp: the GGUF file) plus the process's peak resident growth during
 its run. KV-cache MB: measured from the state tensors (eager, compile: preallocated for prompt +
 generated slots; ONNX Runtime: the present tensors after the run; llama.cpp: slots filled).
 Not measured here: TensorRT engines need a GPU (`export/trt_runtime.py`; none on this machine);
 the C++ ONNX Runtime app (`export/cpp`) is not timed by this command; `torch.compile` with CUDA
-graphs runs only on a GPU (`--backends compile` there). ONNX Runtime at 7B width is not measured:
-each exported graph (embed, prefill, decode) carries its own copy of the weights, about 8 GB per
-variant at 4 layers, over this machine's 10 GB per-process budget."""
+graphs runs only on a GPU (`--backends compile` there)."""
 
 
 def add_parser(sub) -> None:
@@ -56,6 +56,8 @@ def add_parser(sub) -> None:
     b.add_argument("--profile", action="store_true", help="add where the base model's decode time goes "
                    "(torch.profiler; ONNX Runtime's profiler with --backends ort)")
     b.add_argument("--out", type=Path, help="markdown page whose section for this size is (re)written")
+    b.add_argument("--section", help="name of that section and of its plot (default: the size); a size can "
+                   "then be measured in several runs, each within memory")
 
 
 def check(size, layers, skip, prompt, generate, batch, backends, variants, rounds, threads, out):
@@ -97,8 +99,12 @@ def available(backends: list[str]) -> tuple[list[str], list[str]]:
 
 
 def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,), batch=(1,), backends=("eager", "ort"),
-          variants=cost.KINDS, rounds=3, threads=2, out=None, profile=False, device="cpu", argv=None) -> list[dict]:
+          variants=cost.KINDS, rounds=3, threads=2, out=None, profile=False, device="cpu", argv=None,
+          section=None) -> list[dict]:
     cfg = check(size, layers, skip, prompt, generate, batch, backends, variants, rounds, threads, out)
+    key = section or size
+    if not key.replace("-", "").replace("_", "").isalnum():
+        raise UsageError(f"--section {key!r}: use letters, digits, - and _")
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
         raise UsageError(f"--device {device}: expected cpu, or cuda on a machine with a GPU")
     torch.set_num_threads(threads)
@@ -108,11 +114,16 @@ def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,
     base = base_model(cfg).to(device)
     cells = [Cell(k, p, g, b) for k in skip for p in prompt for g in generate for b in batch]
     slots = max(prompt) + max(generate)
+    # ONNX Runtime: the prefill and decode graph of each variant pre-pack their own weight copies
+    shared = SharedWeights(prepack_fits(weight_bytes(base), 2 * len(variants)))
+    if "ort" in backends and not shared.prepack:
+        notes.append("ort: MatMul weights NOT pre-packed (one pre-packed copy per graph and variant would not "
+                     "fit in memory); every graph reads one shared copy of the weights (eas/bench/ort_weights.py)")
     cache, rows = {}, []
     bar = tqdm(total=0, desc=f"bench {size}", unit="run")  # grows as each K's sessions are built
     for k in sorted(set(skip)):
         sessions = None  # the previous K's models go before the next ones are built
-        sessions, skipped = build_sessions(base, k, variants, backends, slots, threads, cache)
+        sessions, skipped = build_sessions(base, k, variants, backends, slots, threads, cache, shared)
         notes += [s for s in skipped if s not in notes]
         for cell in [c for c in cells if c.k == k]:
             use = {key: s for key, s in sessions.items() if cell.batch == 1 or not key[0].startswith("llama.cpp")}
@@ -121,17 +132,17 @@ def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,
             for r in time_cell(use, cell, rounds, cfg.vocab_size, bar.update):
                 rows.append({**r, "k": k, "prompt": cell.prompt, "generated": cell.generated, "batch": cell.batch})
     bar.close()
-    section = render(cfg, size, rows, notes, argv, out)
+    section = render(cfg, size, key, rows, notes, argv, out)
     if profile:
         section += "\n" + "\n".join(profiles(base, cells[0], backends, threads))
     print(section)
     if out is not None:
         page = out.read_text() if out.exists() else PAGE_HEAD + "\n"
-        write_text_atomic(out, report.replace_section(page, size, section))
+        write_text_atomic(out, report.replace_section(page, key, section))
     return rows
 
 
-def render(cfg, size: str, rows: list[dict], notes: list[str], argv, out) -> str:
+def render(cfg, size: str, key: str, rows: list[dict], notes: list[str], argv, out) -> str:
     cmd = "python run.py bench " + " ".join(argv if argv is not None else sys.argv[2:])
     lines = [f"## `{size}`: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads ({cfg.n_kv_heads} K/V), "
              f"FFN {cfg.hidden_dim}, vocab {cfg.vocab_size}", "", f"Command: `{cmd.strip()}`", "",
@@ -143,11 +154,11 @@ def render(cfg, size: str, rows: list[dict], notes: list[str], argv, out) -> str
         lines += [f"### prompt {cell[0]}, {cell[1]} generated, batch {cell[2]}", ""]
         lines += report.cell_table(cfg, sub) + ["", "Checks:", ""] + report.checks(cfg, sub) + [""]
     if out is not None:
-        png = out.parent / "bench" / f"{size}.png"
+        png = out.parent / "bench" / f"{key}.png"
         first = [r for r in rows if (r["prompt"], r["generated"], r["batch"]) == (rows[0]["prompt"],
                  rows[0]["generated"], rows[0]["batch"])]
         report.plot(cfg, first, png, f"{size}: prompt {rows[0]['prompt']}, {rows[0]['generated']} generated")
-        lines += [f"![decode ms/token vs K, {size}](bench/{size}.png)", ""]
+        lines += [f"![decode ms/token vs K, {key}](bench/{key}.png)", ""]
     return "\n".join(lines)
 
 

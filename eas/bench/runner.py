@@ -99,8 +99,10 @@ def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda: 
     return [t.row() for t in timings.values()]
 
 
-def build_sessions(base, k: int, kinds, backends, slots: int, threads: int, cache: dict) -> tuple[dict, list[str]]:
-    """{(backend, kind): session} for EAS-K; base sessions are reused across K (cache)."""
+def build_sessions(base, k: int, kinds, backends, slots: int, threads: int, cache: dict,
+                   shared: B.SharedWeights | None = None) -> tuple[dict, list[str]]:
+    """{(backend, kind): session} for EAS-K; base sessions are reused across K (cache), and ONNX
+    Runtime sessions hold the weights they share once (`shared`)."""
     models = variants(base, k, kinds)
     sessions, skipped = {}, []
     for backend in backends:
@@ -114,7 +116,7 @@ def build_sessions(base, k: int, kinds, backends, slots: int, threads: int, cach
             if backend == "ort" and kind == "unmerged":
                 skipped.append("ort/unmerged: the export takes merged models (export/onnx_export.py)")
                 continue
-            sessions[key] = B.session(backend, model, slots, threads)
+            sessions[key] = B.session(backend, model, slots, threads, shared)
             if kind == "base":
                 cache[key] = sessions[key]
         gc.collect()

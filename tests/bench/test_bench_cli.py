@@ -7,6 +7,7 @@ from eas.bench import cost, report
 from eas.bench.backends import Eager, Ort
 from eas.bench.cli import bench
 from eas.bench.llamacpp import missing
+from eas.bench.ort_weights import MIN_SHARED_BYTES, SharedWeights, prepack_fits
 from eas.bench.variants import base_model, bench_config, variants
 
 TINY = ["--size", "tiny", "--layers", "2", "--skip", "0", "1", "--prompt", "8", "--generate", "3", "--rounds", "1"]
@@ -28,6 +29,7 @@ def fails(capsys, *argv) -> str:
     (["--prompt", "2000", "--generate", "100"], "exceeds the 2048 positions"),
     (["--backends", "tensorflow"], "--backends 'tensorflow'"),
     (["--variants", "static"], "must include base"),
+    (["--section", "a/b"], "--section 'a/b'"),
 ])
 def test_bad_flags_are_refused_before_work(argv, named, capsys, tmp_path):
     out = tmp_path / "B.md"
@@ -52,6 +54,10 @@ def test_tiny_run_writes_its_section_and_kv_bytes_are_exact(tmp_path, capsys):
     for kind in ("static", "dynamic", "floor"):
         assert kv[(kind, 1)] * 2 == kv[("base", 1)]  # (L - K) / L of base, L = 2
     assert " / " in page and "static merged decode vs floor" in page
+    bench("tiny", 2, [0], [8], [3], [1], ["eager"], ["base"], 1, 1, out, argv=[], section="tiny-more")
+    page = out.read_text()
+    assert "<!-- bench:tiny -->" in page and "<!-- bench:tiny-more -->" in page
+    assert (tmp_path / "bench" / "tiny-more.png").stat().st_size > 0
 
 
 def test_run_again_replaces_only_its_section(tmp_path):
@@ -66,13 +72,43 @@ def _greedy(session, tokens, steps):
     return first, session.decode(first, steps)
 
 
-def test_ort_decodes_the_same_tokens_as_eager():
+def test_ort_decodes_the_same_tokens_as_eager_and_holds_each_shared_weight_once():
     cfg = bench_config("tiny", 2)
-    models = variants(base_model(cfg), 1, ("base", "static"))
+    models = variants(base_model(cfg), 1, ("base", "static", "floor"))
     tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (2, 6))
-    for model in models.values():
-        eager, ort = _greedy(Eager(model, 12), tokens, 4), _greedy(Ort(model, 1), tokens, 4)
+    shared, sessions = SharedWeights(), {}
+    for kind, model in models.items():
+        sessions[kind] = Ort(model, 1, shared=shared)
+        eager, ort = _greedy(Eager(model, 12), tokens, 4), _greedy(sessions[kind], tokens, 4)
         assert all((a == b).all() for a, b in zip(eager, ort))
+        # the prefill and decode graphs read one copy: the weights counted are the model's own
+        big = [p for p in model.parameters() if p.numel() * 4 >= MIN_SHARED_BYTES]
+        assert sessions[kind].weights == sum(p.numel() * 4 for p in big)
+    held = {kind: {id(t) for t in s.held.values()} for kind, s in sessions.items()}
+    # the floor deletes attentions and changes nothing else: every tensor it reads is the base's
+    assert held["floor"] < held["base"]
+    assert held["static"] & held["base"] and held["static"] - held["base"]  # merged copies are its own
+    assert len(shared.pool) == len(held["base"] | held["static"])
+    del sessions, held
+    assert len(shared.pool) == 0  # the pool holds nothing its sessions no longer need
+    unpacked = Ort(models["static"], 1, shared=SharedWeights(prepack=False))  # what a 7B-width run uses
+    assert all((a == b).all() for a, b in zip(_greedy(unpacked, tokens, 4), _greedy(Eager(models["static"], 12),
+                                                                                      tokens, 4)))
+
+
+def test_weights_in_an_external_data_file_are_read_one_tensor_at_a_time(monkeypatch):
+    from export import onnx_export
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # as a 7B-width graph is written
+    cfg = bench_config("tiny", 2)
+    model = base_model(cfg)
+    tokens = np.random.default_rng(1).integers(3, cfg.vocab_size, (1, 5))
+    ort = Ort(model, 1)
+    assert ort.weights == sum(p.numel() * 4 for p in model.parameters() if p.numel() * 4 >= MIN_SHARED_BYTES)
+    assert all((a == b).all() for a, b in zip(_greedy(ort, tokens, 3), _greedy(Eager(model, 9), tokens, 3)))
+
+
+def test_prepacking_is_refused_when_its_copies_would_not_fit():
+    assert prepack_fits(1 << 20, 6) and not prepack_fits(1 << 50, 1)
 
 
 @pytest.mark.skipif(missing() is not None, reason=missing() or "")
