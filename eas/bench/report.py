@@ -28,7 +28,7 @@ def cell_table(cfg, rows: list[dict]) -> list[str]:
     lines = ["| K | variant | backend | prefill tok/s | decode ms/token | prefill speed-up measured / ideal "
              "| decode speed-up measured / ideal | peak MB | KV-cache MB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = _find(rows, backend=r["backend"], kind="base")
+        base = _find(rows, backend=r["backend"], kind="base", k=r["k"])  # timed in the same round-robin
         ideal = cost.ideal_speedup(cfg, r["kind"], r["k"], r["prompt"], r["generated"], r["batch"], ADAPTERS)
         tok_s = r["batch"] * r["prompt"] / r["prefill_s"]
         pre = dec = "—"

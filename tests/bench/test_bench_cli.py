@@ -8,7 +8,7 @@ from eas.bench.backends import Eager, Ort
 from eas.bench.cli import bench
 from eas.bench.llamacpp import missing
 from eas.bench.ort_weights import MIN_SHARED_BYTES, SharedWeights, prepack_fits
-from eas.bench.variants import base_model, bench_config, variants
+from eas.bench.variants import ADAPTERS, base_model, bench_config, variants
 
 TINY = ["--size", "tiny", "--layers", "2", "--skip", "0", "1", "--prompt", "8", "--generate", "3", "--rounds", "1"]
 
@@ -125,3 +125,14 @@ def test_llama_cpp_reads_our_weights():
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_refused(capsys):
     assert "--device cuda" in fails(capsys, *TINY, "--device", "cuda")
+
+
+def test_each_ratio_is_to_the_base_timed_in_the_same_cell():
+    cfg = bench_config("tiny", 4)
+    row = dict(backend="eager", prompt=8, generated=3, batch=1, prefill_s=1.0, peak_bytes=0, kv_bytes=0, note="")
+    rows = [dict(row, k=1, kind="base", decode_s=0.010), dict(row, k=1, kind="static", decode_s=0.008),
+            dict(row, k=2, kind="base", decode_s=0.012), dict(row, k=2, kind="static", decode_s=0.008)]
+    table = report.cell_table(cfg, rows)
+    ideal = cost.ideal_speedup(cfg, "static", 2, 8, 3, 1, ADAPTERS)["decode"]
+    assert f"| 1.500 / {ideal:.3f} |" in table[-1]  # 12 / 8 ms, not the K=1 cell's 10 / 8
+    assert any("static decode speed-up 1.500" in c for c in report.checks(cfg, rows))
