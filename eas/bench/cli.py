@@ -144,7 +144,7 @@ def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,
 
 def render(cfg, size: str, key: str, rows: list[dict], notes: list[str], argv, out) -> str:
     cmd = "python run.py bench " + " ".join(argv if argv is not None else sys.argv[2:])
-    lines = [f"## `{size}`: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads ({cfg.n_kv_heads} K/V), "
+    lines = [f"## `{key}`: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads ({cfg.n_kv_heads} K/V), "
              f"FFN {cfg.hidden_dim}, vocab {cfg.vocab_size}", "", f"Command: `{cmd.strip()}`", "",
              f"Machine: {machine()}; {torch.get_num_threads()} threads; fp32. Adapters r_a={ADAPTERS.adapter_dim}, "
              f"r_s={ADAPTERS.skip_dim}. {len(rows[0:1]) and rows[0]['rounds']} timed rounds.", ""]
