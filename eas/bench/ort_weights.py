@@ -4,13 +4,13 @@ Every exported graph carries its own weights: the prefill and decode graphs of o
 all of them, and the variants of one run (base, EAS-K static, dynamic, floor) share most tensors.
 At LLaMA-7B width that is ~4 GB per graph, so three graphs per variant and four variants do not fit
 a 24 GiB machine. Here each large initializer of a graph is read once, keyed by its content, and
-handed to every session that has it (SessionOptions.add_external_initializers: ONNX Runtime reads
-the caller's buffer instead of the file), so a tensor the graphs or variants share is held once.
+handed to every session that has it (SessionOptions.add_initializer: ONNX Runtime reads the
+caller's buffer instead of the file), so a tensor the graphs or variants share is held once.
 
-SessionOptions.add_initializer takes the buffer as it is (add_external_initializers copies it), but
-ONNX Runtime still pre-packs each MatMul weight into a private copy per session unless told not to
+add_initializer takes the buffer as it is (add_external_initializers copies it), but ONNX Runtime
+still pre-packs each MatMul weight into a private copy per session unless told not to
 (measured on dim 1024: 408 MB of growth per session with pre-packing, 7 MB without). Pre-packing
-is faster (tiny decode ~1.5x, dim 512 ~1.1x), so it is switched off only where the copies would
+is faster (tiny decode ~1.5x, dim 512 ~1.1x, measured on a busy machine), so it is switched off only where the copies would
 not fit in memory (prepack_fits).
 """
 from __future__ import annotations
