@@ -39,6 +39,13 @@ def prompt_pieces(sequence: dict, encode: Callable[[str], list[int]], prompt: st
     return encode(before), encode(after) if image else []
 
 
+def prompts_layout(sequence: dict, encode: Callable[[str], list[int]], prompts: Sequence[str],
+                   has_image: Sequence[bool]) -> dict[str, np.ndarray]:
+    """Prompt texts -> build_layout of their prompt_pieces (encode: text -> ids without BOS/EOS)."""
+    return build_layout(sequence, [prompt_pieces(sequence, encode, p, i) for p, i in zip(prompts, has_image)],
+                        has_image)
+
+
 def build_layout(sequence: dict, pieces: Sequence[Pieces], has_image: Sequence[bool]) -> dict[str, np.ndarray]:
     """prompt_pieces of each example -> the embed/prefill inputs, each [B, T] except has_image [B].
 

@@ -20,7 +20,7 @@ from eas.errors import CheckpointError, UsageError
 from eas.io.files import read_json
 from eas.model.image import expand2square, pixel_array
 from eas.model.tokenizer import Tokenizer
-from export.layout import build_layout, prompt_pieces
+from export.layout import prompts_layout
 from export.manifest import FORMAT, VERSION
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -58,8 +58,7 @@ class Runtime(ABC):
     def generate(self, prompts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int) -> list[list[int]]:
         """Greedy new tokens per prompt (without the EOS that ended it); images[i] None = text only."""
         encode = lambda text: self.tokenizer.encode(text, bos=False, eos=False)  # noqa: E731
-        pieces = [prompt_pieces(self.manifest["sequence"], encode, p, im is not None) for p, im in zip(prompts, images)]
-        layout = build_layout(self.manifest["sequence"], pieces, [im is not None for im in images])
+        layout = prompts_layout(self.manifest["sequence"], encode, prompts, [im is not None for im in images])
         pixels = [preprocess(im, self.manifest["image"]) for im in images if im is not None]
         return self.generate_layout(layout, np.stack(pixels) if pixels else None, max_new_tokens)
 

@@ -17,7 +17,7 @@ from PIL import Image
 from eas.errors import EASError
 from eas.model.image import preprocess
 from eas.model.tokenizer import Tokenizer
-from export.layout import build_layout, prompt_pieces
+from export.layout import prompts_layout
 from export.onnx_export import GraphSpec, example_inputs
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
@@ -68,9 +68,9 @@ def real_inputs(model, specs: dict[str, GraphSpec], tok: Tokenizer, sequence: di
     """Inputs of every graph along one real generation step, computed by the PyTorch graphs."""
     vision = "vision" in specs
     prompts = REAL_PROMPTS if vision else [(p, False) for p, _ in REAL_PROMPTS]
-    encode = lambda text: tok.encode(text, bos=False, eos=False)  # noqa: E731
-    pieces = [prompt_pieces(sequence, encode, p, image) for p, image in prompts]
-    lay = {k: torch.from_numpy(v) for k, v in build_layout(sequence, pieces, [i for _, i in prompts]).items()}
+    lay = prompts_layout(sequence, lambda text: tok.encode(text, bos=False, eos=False), [p for p, _ in prompts],
+                         [i for _, i in prompts])
+    lay = {k: torch.from_numpy(v) for k, v in lay.items()}
     out = {"embed": [lay[t.name] for t in specs["embed"].inputs]}
     with torch.no_grad():
         embeds = specs["embed"].module(*out["embed"])
