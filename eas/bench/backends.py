@@ -90,15 +90,15 @@ class Ort:
         from export.onnx_export import export_graph, graph_specs
         specs, self.layout = graph_specs(model)
         shared = shared if shared is not None else SharedWeights()
-        self.sessions, self.held = {}, {}
+        self.sessions, self.held = {}, set()  # held: the pooled tensors its graphs read
         with tempfile.TemporaryDirectory(prefix="eas-bench-ort-") as tmp:
             for spec in specs:
                 path = Path(tmp) / spec.file
                 export_graph(spec, path, model.cfg.vocab_size)
                 self.sessions[spec.name], used = shared.session(path, ort_options(threads, level, profile),
                                                                 ["CPUExecutionProvider"])
-                self.held.update((id(t), t) for t in used)
-        self.weights = sum(t.array.nbytes for t in self.held.values())  # distinct weights read, as for eager
+                self.held.update(used)
+        self.weights = sum(t.array.nbytes for t in self.held)  # distinct weights read, as for eager
         self.past: list[np.ndarray] = []
 
     def prefill(self, tokens: np.ndarray) -> np.ndarray:

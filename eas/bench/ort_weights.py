@@ -53,9 +53,9 @@ class SharedWeights:
         proto = onnx.load(str(path), load_external_data=False)
         used = {}
         for t in proto.graph.initializer:
-            array = read_tensor(t, path.parent)
-            if array.nbytes < MIN_SHARED_BYTES:
+            if nbytes(t) < MIN_SHARED_BYTES:
                 continue
+            array = read_tensor(t, path.parent)
             key = (array.dtype.str, array.shape, hashlib.blake2b(array).digest())
             tensor = self.pool.get(key)
             if tensor is None:
@@ -71,13 +71,17 @@ class SharedWeights:
         return ort.InferenceSession(str(path), options, providers=providers), list(used.values())
 
 
+def nbytes(t: onnx.TensorProto) -> int:
+    return int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+
 def read_tensor(t: onnx.TensorProto, folder: Path) -> np.ndarray:
     """t's values; a tensor in an external data file is read alone (a 7B-width graph's weights are
     never all in memory twice)."""
     if t.data_location != onnx.TensorProto.EXTERNAL:
         return np.ascontiguousarray(numpy_helper.to_array(t))
     info = external_data_helper.ExternalDataInfo(t)
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
     count = int(np.prod(t.dims, dtype=np.int64))
     array = np.fromfile(folder / info.location, dtype=dtype, count=count, offset=info.offset or 0)
     if array.size != count:

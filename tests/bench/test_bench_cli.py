@@ -84,7 +84,7 @@ def test_ort_decodes_the_same_tokens_as_eager_and_holds_each_shared_weight_once(
         # the prefill and decode graphs read one copy: the weights counted are the model's own
         big = [p for p in model.parameters() if p.numel() * 4 >= MIN_SHARED_BYTES]
         assert sessions[kind].weights == sum(p.numel() * 4 for p in big)
-    held = {kind: {id(t) for t in s.held.values()} for kind, s in sessions.items()}
+    held = {kind: {id(t) for t in s.held} for kind, s in sessions.items()}
     # the floor deletes attentions and changes nothing else: every tensor it reads is the base's
     assert held["floor"] < held["base"]
     assert held["static"] & held["base"] and held["static"] - held["base"]  # merged copies are its own
