@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import time
 
-import torch
-
 from eas.oracle import agreement, all_sets, greedy_set, skip_one_losses
 from eas.search import score_subnets
 from eas.tune.evaluate import predict
@@ -45,7 +43,8 @@ def _measure(s: Session) -> dict:
     oracle_set, path = greedy_set(val_loss, s.target, s.k, first=val_one)
     searched = s.chosen()
     none_val, none_test = score_subnets(val_loss, [()], s.target)[0], score_subnets(test_loss, [()], s.target)[0]
-    accuracy = {"none": _accuracy(s, test, ()), **{str(i): _accuracy(s, test, (i,)) for i in range(s.n_units)}}
+    accs = score_subnets(lambda: _accuracy(s, test), [(), *((i,) for i in range(s.n_units))], s.target)
+    accuracy = dict(zip(["none", *map(str, range(s.n_units))], accs))
     every = all_sets(val_loss, s.target, s.k)
     prefs = s.search.scores.tolist()
     return {
@@ -66,22 +65,16 @@ def _mean_loss(s: Session, batches):
     """The summed token loss over `batches` divided by their supervised tokens, of the current sub-network."""
     batches = [b for b in batches if b]
 
-    def loss() -> float:
+    def loss() -> float:  # called through score_subnets, which holds torch.no_grad
         total, count = 0.0, 0
-        with torch.no_grad():
-            for b in batches:
-                part, n = s.batches.loss(s.model, b)
-                total, count = total + float(part), count + n
+        for b in batches:
+            part, n = s.batches.loss(s.model, b)
+            total, count = total + float(part), count + n
         return total / count
     return loss
 
 
-def _accuracy(s: Session, examples, skip) -> float:
-    previous = s.target.current()
-    s.target.apply(skip)
-    try:
-        with torch.no_grad():
-            kept, answers = predict(s, s.model, examples, f"oracle skip={list(skip)}")
-    finally:
-        s.target.apply(previous)
+def _accuracy(s: Session, examples) -> float:
+    """Test accuracy of the current sub-network (called through score_subnets, like the losses)."""
+    kept, answers = predict(s, s.model, examples, f"oracle skip={list(s.target.current())}")
     return s.task.score(answers, kept)["accuracy"]
