@@ -84,7 +84,8 @@ def _aid(data_root, cache_dir, setting, seed, image_size, per_class, val_fractio
     scan = scan_aid(root)
     split = paper_split(scan.examples, setting, seed=seed, val_fraction=val_fraction)
     fmt = AID_LLAVA_FORMAT if llava else AID_FORMAT
-    train, val, test = ([dataclasses.replace(e, prompt=fmt.fill(fmt.question)) for e in part]
+    prompt = fmt.fill(fmt.question)  # one question for every image
+    train, val, test = ([dataclasses.replace(e, prompt=prompt) for e in part]
                         for part in (split.train, split.val, split.test))
     return TaskData("aid", train, val, test, score=score_aid, prompt_format=fmt,
                     synthetic=synthetic or scan.synthetic, source=str(root), warnings=list(scan.warnings))
