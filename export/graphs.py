@@ -10,9 +10,9 @@
 
 K/V travel as past (inputs) and present (outputs) instead of a preallocated buffer written in
 place: the exporter drops in-place updates of inputs, and growing tensors map directly onto ONNX
-Runtime bindings and TensorRT optimization profiles. The decode graph builds the model's state
-(eas/model/state.py) from past tensors plus one empty slot and calls Llama.decode_step, which
-writes that slot; the prefill graph calls Llama.prefill on a state of exactly T slots.
+Runtime bindings and TensorRT optimization profiles. The decode graph wraps the past tensors in a
+GrowingState (eas/model/state.py) and calls Llama.decode_step, which appends this step's slot
+(one Concat per tensor); the prefill graph calls Llama.prefill on a state of exactly T slots.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from eas.adapters.attach import llama_of
 from eas.model.lavin import Lavin
 from eas.model.llama import Llama
 from eas.model.llava import Llava
+from eas.model.state import GrowingState
 
 
 def wiring(model: nn.Module) -> str:
@@ -132,13 +133,10 @@ class DecodeGraph(nn.Module):
     def forward(self, token, position, key_mask, *rest):
         n_kv = 2 * len(self.layout.kv_layers)
         past, adapters = rest[:n_kv], rest[n_kv:]
-        B, P = key_mask.shape
-        state = {"key_mask": torch.cat([key_mask, key_mask.new_zeros(B, 1)], 1),
-                 # the slot this step writes: P, read off a shape so it stays symbolic in the graph
-                 "length": torch.ones_like(key_mask[0], dtype=torch.long).sum()}
+        # the slot this step writes: P, read off a shape so it stays symbolic in the graph
+        state = GrowingState(key_mask=key_mask, length=torch.ones_like(key_mask[0], dtype=torch.long).sum())
         names = [f"{kv}.{i}" for i in self.layout.kv_layers for kv in ("k", "v")]
-        for name, t in zip(names, past):
-            state[name] = torch.cat([t, t.new_zeros(B, 1, *t.shape[2:])], 1)
+        state.update(zip(names, past))
         state.update(zip(self.layout.adapter_names, adapters))
         logits, state = self.llama.decode_step(token, position, state)
         return (logits, *(state[n] for n in names))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from eas.adapters.attach import llama_of
-from export.attention_symbolic import fp32_softmax_attention
+from export.symbolics import export_symbolics
 from export.graphs import (DecodeGraph, EmbedGraph, PrefillGraph, StateLayout, VisionGraph, n_image_tokens,
                            state_layout, wiring)
 
@@ -129,7 +129,7 @@ def export_graph(spec: GraphSpec, path: Path, vocab: int) -> None:
     staging = path.parent / f".{path.name}.staging"
     staging.mkdir()
     try:
-        with torch.no_grad(), warnings.catch_warnings(), fp32_softmax_attention(OPSET):
+        with torch.no_grad(), warnings.catch_warnings(), export_symbolics(OPSET):
             # the TorchScript exporter announces its own deprecation and traces shape arithmetic
             warnings.simplefilter("ignore")
             torch.onnx.export(spec.module.eval(), args, str(staging / path.name),

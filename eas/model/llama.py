@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from eas.model.config import LlamaConfig
-from eas.model.state import State, advance, new_state, write_kv
+from eas.model.state import State, advance, new_state, write_keys, write_kv
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -61,15 +61,15 @@ def rope_tables(head_dim: int, n_positions: int, theta: float, device=None,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Meta's interleaved convention: channel pairs (2i, 2i+1) rotate as one complex number.
+    """Meta's interleaved convention: channel pairs (2i, 2i+1) rotate as one complex number,
+    (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin).
 
-    x: [B, T, H, D]; cos/sin: [B, T, D/2] already gathered at the positions.
+    x: [B, T, H, D]; cos/sin: [B, T, 1, D] gathered at the positions from Llama's tables, each angle
+    twice, sin signed (-, +) per pair: one multiply-add with x and with x's pairs swapped.
     """
-    xf = x.float().unflatten(-1, (-1, 2))
-    even, odd = xf[..., 0], xf[..., 1]
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (xf * cos + swapped * sin).type_as(x)
 
 
 def attention_mask(key_mask: torch.Tensor, first_query: torch.Tensor | int, n_queries: int) -> torch.Tensor:
@@ -135,19 +135,14 @@ class Attention(nn.Module):
 
     def attend(self, q, k, v, ctx: Context, layer: int) -> torch.Tensor:
         """Attention of projected activations q, k, v [B, T, H*D]; returns wo(attention)."""
-        B, T, _ = q.shape
-        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), ctx.cos, ctx.sin)
-        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), ctx.cos, ctx.sin)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim)
+        q = apply_rope(q.unflatten(-1, (self.n_heads, self.head_dim)), ctx.cos, ctx.sin)
+        k = apply_rope(k.unflatten(-1, (self.n_kv_heads, self.head_dim)), ctx.cos, ctx.sin)
+        v = v.unflatten(-1, (self.n_kv_heads, self.head_dim))
         if ctx.state is not None:
             k, v = write_kv(ctx.state, layer, k, v, ctx.decoding)
-        S, rep = k.shape[1], self.n_heads // self.n_kv_heads
-        k = k.transpose(1, 2)[:, :, None].expand(B, self.n_kv_heads, rep, S, self.head_dim)
-        v = v.transpose(1, 2)[:, :, None].expand(B, self.n_kv_heads, rep, S, self.head_dim)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.reshape(B, self.n_heads, S, self.head_dim),
-            v.reshape(B, self.n_heads, S, self.head_dim), attn_mask=ctx.mask)
-        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=ctx.mask, enable_gqa=self.n_heads != self.n_kv_heads)
+        return self.wo(out.transpose(1, 2).flatten(-2))
 
 
 class FeedForward(nn.Module):
@@ -201,8 +196,9 @@ class Llama(nn.Module):
             device = None
         cos, sin = rope_tables(self.cfg.head_dim, 2 * self.cfg.max_seq_len, self.cfg.rope_theta, device,
                                self.cfg.rope_scaling)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        # apply_rope's layout: [n, D], each angle for both channels of its pair, sin signed (-, +)
+        self.register_buffer("rope_cos", cos.repeat_interleave(2, -1), persistent=False)
+        self.register_buffer("rope_sin", torch.stack((-sin, sin), -1).flatten(-2), persistent=False)
 
     def init_weights(self, generator: torch.Generator | None = None, std: float = 0.02):
         for name, p in self.named_parameters():
@@ -237,13 +233,12 @@ class Llama(nn.Module):
         if state is None:
             mask = attention_mask(key_mask, 0, T)
         else:
-            all_keys = state["key_mask"]
             first = state["length"]
-            all_keys.index_copy_(1, first + torch.arange(T, device=all_keys.device), key_mask)
+            all_keys = write_keys(state, key_mask)
             if not decoding:  # prefill: the prompt's own T slots are all there is
                 all_keys = all_keys[:, :T]
             mask = attention_mask(all_keys, first, T)
-        return Context(self.rope_cos[positions], self.rope_sin[positions], mask, key_mask,
+        return Context(self.rope_cos[positions][:, :, None], self.rope_sin[positions][:, :, None], mask, key_mask,
                        key_mask if prompt_mask is None else prompt_mask, state, decoding)
 
     def hidden(self, h, positions, key_mask, prompt_mask=None) -> torch.Tensor:

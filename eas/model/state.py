@@ -8,7 +8,8 @@
 
 Buffers are preallocated and written by index, in place, so their addresses never change (CUDA
 graphs, a C++ runtime's bindings); prefill fills slots 0..T-1, each decode step slot `length`.
-The names are the graph input/output names of the exported model.
+A GrowingState instead appends each pass's slots at the end (the exported decode graph: past
+tensors in, present tensors out). The names are the graph input/output names of the exported model.
 """
 from __future__ import annotations
 
@@ -30,16 +31,34 @@ def new_state(cfg: LlamaConfig, batch: int, max_len: int, dtype, device) -> Stat
     return state
 
 
+class GrowingState(dict):
+    """A state whose K/V buffers and key_mask hold exactly the filled slots and grow by one
+    concatenation per pass. The exported decode graph uses it: written by index, its present
+    tensors would trace as a zero pad plus a scatter, two full copies of every K/V per step."""
+
+
+def _write(state: State, name: str, new: torch.Tensor) -> torch.Tensor:
+    """Put new [B, T, ...] at slots length..length+T-1 of state[name] (dim 1); returns the buffer."""
+    buf = state[name]
+    if isinstance(state, GrowingState):
+        state[name] = torch.cat([buf, new.to(buf.dtype)], 1)
+        return state[name]
+    buf.index_copy_(1, state["length"] + torch.arange(new.shape[1], device=buf.device), new.to(buf.dtype))
+    return buf
+
+
 def write_kv(state: State, layer: int, k: torch.Tensor, v: torch.Tensor, decoding: bool):
     """Store the new keys/values [B, T, H, D] of `layer` at slots length..length+T-1.
 
     Returns what this pass attends over: at prefill the prompt's own k, v; at decode the whole
     buffers (unfilled slots are masked by key_mask)."""
-    kb, vb = state[f"k.{layer}"], state[f"v.{layer}"]
-    slots = state["length"] + torch.arange(k.shape[1], device=kb.device)
-    kb.index_copy_(1, slots, k.to(kb.dtype))
-    vb.index_copy_(1, slots, v.to(vb.dtype))
+    kb, vb = _write(state, f"k.{layer}", k), _write(state, f"v.{layer}", v)
     return (kb, vb) if decoding else (k, v)
+
+
+def write_keys(state: State, key_mask: torch.Tensor) -> torch.Tensor:
+    """Store which of this pass's T slots later queries may see; returns the whole key_mask."""
+    return _write(state, "key_mask", key_mask)
 
 
 def advance(state: State, n: int) -> State:

@@ -35,7 +35,8 @@ def test_llama3_frequencies_equal_hand_computed_table(tmp_path):
     expected = [f[0], (1 - smooth) * f[1] / 8 + smooth * f[1], f[2] / 8, f[3] / 8]
     assert 0 < smooth < 1
     model = Llama(cfg)
-    angle_at_1 = torch.atan2(model.rope_sin[1], model.rope_cos[1]).double()
+    # the tables hold each angle twice, sin signed (-, +) per channel pair: the odd channels read it plainly
+    angle_at_1 = torch.atan2(model.rope_sin[1, 1::2], model.rope_cos[1, 1::2]).double()
     assert torch.allclose(angle_at_1, torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0)
     plain = Llama(LlamaConfig(**{**cfg.__dict__, "rope_scaling": None}))
     assert not torch.allclose(plain.rope_sin[1], model.rope_sin[1])

@@ -1,0 +1,58 @@
+"""export/symbolics.py: reshapes of trailing dims as one constant Reshape, grouped-query attention
+without repeating K/V; ONNX Runtime at other batch and sequence sizes than the traced ones
+against PyTorch, and the decode graph appends K/V instead of scattering into a padded copy."""
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from export.onnx_export import OPSET
+from export.symbolics import export_symbolics
+from export_fixtures import exported
+
+
+class Heads(nn.Module):
+    """[B, T, H*D] -> grouped-query self-attention over heads -> [B, T, H*D], with reshapes of the
+    last dims only (what the decoder does)."""
+
+    def forward(self, x, mask):
+        q = x.unflatten(-1, (4, 8)).transpose(1, 2)  # H = 4 heads of D = 8
+        kv = x[..., :16].unflatten(-1, (2, -1)).transpose(1, 2)  # 2 K/V heads
+        out = F.scaled_dot_product_attention(q, kv, kv * 2, attn_mask=mask, enable_gqa=True)
+        return out.transpose(1, 2).flatten(-2)
+
+
+def test_reshapes_and_grouped_attention_match_pytorch_at_untraced_sizes(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x, mask = torch.randn(2, 5, 32, generator=gen), torch.rand(2, 1, 5, 5, generator=gen) < 0.7
+    mask[..., torch.arange(5), torch.arange(5)] = True
+    path = tmp_path / "heads.onnx"
+    with warnings.catch_warnings(), export_symbolics(OPSET):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Heads(), (x, mask), str(path), input_names=["x", "mask"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b", 1: "t"}, "mask": {0: "b", 2: "t", 3: "t"}, "y": {0: "b", 1: "t"}},
+                          opset_version=OPSET, dynamo=False)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Shape" not in ops and ops.count("Reshape") == 5, ops  # 3 unflatten/flatten + 2 for the groups
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for b, t in ((1, 1), (3, 7)):
+        x, mask = torch.randn(b, t, 32, generator=gen), torch.rand(b, 1, t, t, generator=gen) < 0.6
+        mask[..., torch.arange(t), torch.arange(t)] = True
+        want = Heads()(x, mask)
+        # the reference repeats each K/V head for its group explicitly
+        kv = x[..., :16].unflatten(-1, (2, 8)).transpose(1, 2).repeat_interleave(2, 1)
+        naive = torch.softmax((x.unflatten(-1, (4, 8)).transpose(1, 2) @ kv.transpose(-1, -2) / 8 ** 0.5)
+                              .masked_fill(~mask, -torch.inf), -1) @ (kv * 2)
+        assert torch.allclose(want, naive.transpose(1, 2).flatten(-2), atol=1e-6)
+        got = session.run(None, {"x": x.numpy(), "mask": mask.numpy()})[0]
+        assert got.shape == (b, t, 32) and np.abs(got - want.numpy()).max() < 1e-5
+
+
+def test_decode_graph_appends_kv_without_scatter_or_padding():
+    ops = [n.op_type for n in onnx.load(str(exported("text", "static") / "decode.onnx")).graph.node]
+    assert not {"ScatterElements", "ScatterND"} & set(ops), sorted(set(ops))
+    assert ops.count("Concat") >= 2 * 2  # at least one per K/V tensor of the 2 kept layers
