@@ -136,3 +136,15 @@ def test_each_ratio_is_to_the_base_timed_in_the_same_cell():
     ideal = cost.ideal_speedup(cfg, "static", 2, 8, 3, 1, ADAPTERS)["decode"]
     assert f"| 1.500 / {ideal:.3f} |" in table[-1]  # 12 / 8 ms, not the K=1 cell's 10 / 8
     assert any("static decode speed-up 1.500" in c for c in report.checks(cfg, rows))
+
+
+def test_checks_pair_times_by_round():
+    """Each round's ratio of the two variants timed in it; the check gives their median and range."""
+    cfg = bench_config("tiny", 4)
+    row = dict(backend="eager", prompt=8, generated=3, batch=1, prefill_s=1.0, peak_bytes=0, kv_bytes=0, note="", k=2)
+    rows = [dict(row, kind="base", decode_s=0.012, decode_rounds=[0.012, 0.024, 0.012]),
+            dict(row, kind="static", decode_s=0.008, decode_rounds=[0.008, 0.016, 0.007]),
+            dict(row, kind="floor", decode_s=0.010, decode_rounds=[0.010, 0.020, 0.007])]
+    out = report.checks(cfg, rows)
+    assert any("static merged decode vs floor -20.0 % (rounds -20.0 to +0.0 %" in c for c in out), out
+    assert any("static decode speed-up 1.500" in c for c in out), out
