@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import run
-from eas.bench import cost, report
+from eas.bench import cost, report, runner
 from eas.bench.backends import Eager, Ort
 from eas.bench.cli import bench
 from eas.bench.llamacpp import missing
@@ -148,3 +148,27 @@ def test_checks_pair_times_by_round():
     out = report.checks(cfg, rows)
     assert any("static merged decode vs floor -20.0 % (rounds -20.0 to +0.0 %" in c for c in out), out
     assert any("static decode speed-up 1.500" in c for c in out), out
+
+
+def test_static_and_floor_are_timed_back_to_back():
+    """Round-robin order: per backend base, static, floor, dynamic, unmerged (the finest gap adjacent)."""
+    calls = []
+
+    class Fake:
+        def __init__(self, key):
+            self.key = key
+
+        def prefill(self, tokens):
+            calls.append(self.key)
+            return tokens[:, -1]
+
+        def decode(self, token, steps):
+            return token
+
+        def kv_bytes(self):
+            return 0
+
+    keys = [(b, k) for b in ("eager", "ort") for k in ("base", "unmerged", "static", "dynamic", "floor")]
+    rows = runner.time_cell({key: Fake(key) for key in keys}, runner.Cell(2, 4, 3, 1), 1, 50)
+    assert [r["kind"] for r in rows[:5]] == ["base", "unmerged", "static", "dynamic", "floor"]  # display order kept
+    assert calls[:10] == [(b, k) for b in ("eager", "ort") for k in ("base", "static", "floor", "dynamic", "unmerged")]
