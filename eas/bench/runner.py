@@ -1,8 +1,9 @@
 """Timing: every (backend, variant) session of one cell timed round-robin, medians after warm-up.
 
 A cell is (K, prompt length, generated length, batch). Prefill time is the prompt pass to its first
-greedy token; decode time the remaining steps / their number. Memory: the bytes of a session's own
-weights plus the process's peak resident growth while it runs (Linux VmHWM, reset before each run).
+greedy token; decode time the remaining steps / their number, the sessions' decode steps
+interleaved in short chunks. Memory: the bytes of a session's own weights plus the process's peak
+resident growth during a run of it alone (Linux VmHWM, reset before the run).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from eas.bench.variants import variants, weight_bytes
 
 
 TIMING_ORDER = ("base", "static", "floor", "dynamic", "unmerged")
+CHUNK_S = 0.05  # decode steps each session runs before the next one's turn
 
 
 @dataclass
@@ -79,23 +81,40 @@ def run_once(session, tokens: np.ndarray, generated: int, measure_memory: bool) 
 
 
 def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda: None) -> list[dict]:
-    """Round-robin: one warm-up round (discarded), then `rounds` rounds over all sessions."""
+    """A warm-up round (each session alone, discarded; it sizes the chunks), `rounds` timed rounds,
+    then one untimed round of each session alone for its memory. In a timed round every session
+    prefills in turn, then their decode steps interleave in chunks of about CHUNK_S seconds, so a
+    slow spell of the machine reaches every session of the round alike."""
     gen = np.random.default_rng(cell.prompt * 7919 + cell.batch)
     tokens = gen.integers(3, vocab, size=(cell.batch, cell.prompt), dtype=np.int64)
     timings = {key: Timing(*key) for key in sessions}
     # static merged and the floor, whose gap is the finest thing measured, run back to back
     backends = list(dict.fromkeys(backend for backend, _ in sessions))
     order = sorted(sessions, key=lambda key: (backends.index(key[0]), TIMING_ORDER.index(key[1])))
-    for r in range(rounds + 1):
-        for key in order[r % len(order):] + order[:r % len(order)]:
-            pre, dec, transient = run_once(sessions[key], tokens, cell.generated, r == rounds)
-            t = timings[key]
+    step_s = []
+    for key in order:
+        step_s.append(run_once(sessions[key], tokens, cell.generated, False)[1])
+        tick()
+    chunk = max(1, int(CHUNK_S / max(min(step_s), 1e-6)))
+    steps = cell.generated - 1
+    for r in range(rounds):
+        turn = order[r % len(order):] + order[:r % len(order)]
+        token, spent = {}, dict.fromkeys(turn, 0.0)
+        for key in turn:
+            t0 = time.perf_counter()
+            token[key] = sessions[key].prefill(tokens)
+            timings[key].prefill_s.append(time.perf_counter() - t0)
+        for start in range(0, steps, chunk):
+            for key in turn:
+                t0 = time.perf_counter()
+                token[key] = sessions[key].decode(token[key], min(chunk, steps - start))
+                spent[key] += time.perf_counter() - t0
+        for key in turn:
+            timings[key].decode_s.append(spent[key] / max(1, steps))
             tick()
-            if r == 0:
-                continue
-            t.prefill_s.append(pre)
-            t.decode_s.append(dec)
-            t.transient_bytes = max(t.transient_bytes, transient)
+    for key in order:
+        timings[key].transient_bytes = run_once(sessions[key], tokens, cell.generated, True)[2]
+        tick()
     for key, t in timings.items():
         t.kv_bytes = sessions[key].kv_bytes()
         model = getattr(sessions[key], "model", None)

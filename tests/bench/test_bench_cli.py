@@ -150,25 +150,43 @@ def test_checks_pair_times_by_round():
     assert any("static decode speed-up 1.500" in c for c in out), out
 
 
+class FakeSession:
+    """Records its calls in a shared log; decodes nothing."""
+
+    def __init__(self, key, log):
+        self.key, self.log = key, log
+
+    def prefill(self, tokens):
+        self.log.append(("prefill", self.key))
+        return tokens[:, -1]
+
+    def decode(self, token, steps):
+        self.log.append(("decode", self.key, steps))
+        return token
+
+    def kv_bytes(self):
+        return 0
+
+
 def test_static_and_floor_are_timed_back_to_back():
     """Round-robin order: per backend base, static, floor, dynamic, unmerged (the finest gap adjacent)."""
-    calls = []
-
-    class Fake:
-        def __init__(self, key):
-            self.key = key
-
-        def prefill(self, tokens):
-            calls.append(self.key)
-            return tokens[:, -1]
-
-        def decode(self, token, steps):
-            return token
-
-        def kv_bytes(self):
-            return 0
-
+    log = []
     keys = [(b, k) for b in ("eager", "ort") for k in ("base", "unmerged", "static", "dynamic", "floor")]
-    rows = runner.time_cell({key: Fake(key) for key in keys}, runner.Cell(2, 4, 3, 1), 1, 50)
+    rows = runner.time_cell({key: FakeSession(key, log) for key in keys}, runner.Cell(2, 4, 3, 1), 1, 50)
     assert [r["kind"] for r in rows[:5]] == ["base", "unmerged", "static", "dynamic", "floor"]  # display order kept
-    assert calls[:10] == [(b, k) for b in ("eager", "ort") for k in ("base", "static", "floor", "dynamic", "unmerged")]
+    prefills = [e[1] for e in log if e[0] == "prefill"]
+    assert prefills[:10] == [(b, k) for b in ("eager", "ort") for k in ("base", "static", "floor", "dynamic", "unmerged")]
+
+
+def test_decode_steps_of_a_round_interleave_across_sessions(monkeypatch):
+    monkeypatch.setattr(runner, "CHUNK_S", 0.0)  # chunks of one step
+    log = []
+    keys = [("eager", "base"), ("eager", "static"), ("eager", "floor")]
+    runner.time_cell({key: FakeSession(key, log) for key in keys}, runner.Cell(1, 4, 4, 1), 2, 50)
+    # warm-up: each session alone (prefill, 3 steps); each timed round: 3 prefills, then 3 x 3 single steps
+    warm, timed = log[:6], log[6:6 + 2 * 12]
+    assert warm == [e for key in keys for e in (("prefill", key), ("decode", key, 3))]
+    for r in range(2):
+        turn = keys[r:] + keys[:r]
+        assert timed[12 * r:12 * r + 12] == [("prefill", key) for key in turn] + [("decode", key, 1) for _ in range(3)
+                                                                                 for key in turn]
