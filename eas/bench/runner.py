@@ -80,38 +80,46 @@ def run_once(session, tokens: np.ndarray, generated: int, measure_memory: bool) 
     return t1 - t0, (t2 - t1) / max(1, generated - 1), (peak - before) if peak is not None else 0
 
 
-def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda: None) -> list[dict]:
+def _timed_round(sessions: dict, turn: list, tokens: np.ndarray, steps: int, chunk: int, timings: dict) -> None:
+    """Each session of `turn` prefills, then their decode steps interleave `chunk` steps at a time."""
+    token, spent = {}, dict.fromkeys(turn, 0.0)
+    for key in turn:
+        t0 = time.perf_counter()
+        token[key] = sessions[key].prefill(tokens)
+        timings[key].prefill_s.append(time.perf_counter() - t0)
+    for start in range(0, steps, chunk):
+        for key in turn:
+            t0 = time.perf_counter()
+            token[key] = sessions[key].decode(token[key], min(chunk, steps - start))
+            spent[key] += time.perf_counter() - t0
+    for key in turn:
+        timings[key].decode_s.append(spent[key] / max(1, steps))
+
+
+def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda n=1: None) -> list[dict]:
     """A warm-up round (each session alone, discarded; it sizes the chunks), `rounds` timed rounds,
-    then one untimed round of each session alone for its memory. In a timed round every session
-    prefills in turn, then their decode steps interleave in chunks of about CHUNK_S seconds, so a
-    slow spell of the machine reaches every session of the round alike."""
+    then one untimed round of each session alone for its memory. In a timed round each backend's
+    sessions prefill in turn, then their decode steps interleave in chunks of about CHUNK_S
+    seconds, so a slow spell of the machine reaches every variant alike. Backends take turns whole:
+    interleaved with another runtime, a session would share the cores with that runtime's
+    still-spinning worker threads."""
     gen = np.random.default_rng(cell.prompt * 7919 + cell.batch)
     tokens = gen.integers(3, vocab, size=(cell.batch, cell.prompt), dtype=np.int64)
     timings = {key: Timing(*key) for key in sessions}
     # static merged and the floor, whose gap is the finest thing measured, run back to back
     backends = list(dict.fromkeys(backend for backend, _ in sessions))
     order = sorted(sessions, key=lambda key: (backends.index(key[0]), TIMING_ORDER.index(key[1])))
-    step_s = []
+    step_s = {}
     for key in order:
-        step_s.append(run_once(sessions[key], tokens, cell.generated, False)[1])
+        step_s[key] = run_once(sessions[key], tokens, cell.generated, False)[1]
         tick()
-    chunk = max(1, int(CHUNK_S / max(min(step_s), 1e-6)))
     steps = cell.generated - 1
     for r in range(rounds):
-        turn = order[r % len(order):] + order[:r % len(order)]
-        token, spent = {}, dict.fromkeys(turn, 0.0)
-        for key in turn:
-            t0 = time.perf_counter()
-            token[key] = sessions[key].prefill(tokens)
-            timings[key].prefill_s.append(time.perf_counter() - t0)
-        for start in range(0, steps, chunk):
-            for key in turn:
-                t0 = time.perf_counter()
-                token[key] = sessions[key].decode(token[key], min(chunk, steps - start))
-                spent[key] += time.perf_counter() - t0
-        for key in turn:
-            timings[key].decode_s.append(spent[key] / max(1, steps))
-            tick()
+        for backend in backends[r % len(backends):] + backends[:r % len(backends)]:
+            mine = [key for key in order if key[0] == backend]
+            chunk = max(1, int(CHUNK_S / max(min(step_s[key] for key in mine), 1e-6)))
+            _timed_round(sessions, mine[r % len(mine):] + mine[:r % len(mine)], tokens, steps, chunk, timings)
+            tick(len(mine))
     for key in order:
         timings[key].transient_bytes = run_once(sessions[key], tokens, cell.generated, True)[2]
         tick()

@@ -176,6 +176,9 @@ def test_static_and_floor_are_timed_back_to_back():
     assert [r["kind"] for r in rows[:5]] == ["base", "unmerged", "static", "dynamic", "floor"]  # display order kept
     prefills = [e[1] for e in log if e[0] == "prefill"]
     assert prefills[:10] == [(b, k) for b in ("eager", "ort") for k in ("base", "static", "floor", "dynamic", "unmerged")]
+    # a timed round: one backend's sessions at a time (another runtime's spinning threads stay out)
+    round_1 = [e[1][0] for e in log[20:] if e[0] == "decode"][:10]
+    assert round_1 == ["eager"] * 5 + ["ort"] * 5
 
 
 def test_decode_steps_of_a_round_interleave_across_sessions(monkeypatch):
