@@ -29,10 +29,11 @@ How to read: every variant of a section's cell is timed round-robin in one run (
 static, floor, dynamic, unmerged), one warm-up round discarded. Within a round each backend's
 sessions prefill in turn, then their decode steps interleave in chunks of about 50 ms (one step at
 7B width), so a slow spell of this shared machine reaches every variant alike; backends take turns
-whole (interleaved with another runtime, a session shares the cores with its spinning threads). Tables give medians over the rounds;
-the checks divide the two variants' times round by round and give the median and range of those
-ratios. Speed-ups are to the base model on the same backend, printed as "measured / ideal": the ideal comes from the analytic cost model (`eas/bench/cost.py`): FLOPs for
-prefill, bytes moved (weights + K/V) for decode. *floor* = base with the same attentions deleted
+whole (interleaved with another runtime, a session shares the cores with its spinning threads).
+Tables give medians over the rounds; the checks divide the two variants' times round by round and
+give the median and range of those ratios. Speed-ups are to the base model on the same backend,
+printed as "measured / ideal": the ideal comes from the analytic cost model (`eas/bench/cost.py`):
+FLOPs for prefill, bytes moved (weights + K/V) for decode. *floor* = base with the same attentions deleted
 and no adapters. Peak MB = the distinct weights the session reads (ONNX Runtime: one copy shared
 by its graphs and by the variants, eas/bench/ort_weights.py, not counting the per-graph copies its
 MatMul pre-packing makes; llama.cpp: the GGUF file) plus the process's peak resident growth during
