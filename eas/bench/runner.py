@@ -115,11 +115,12 @@ def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda n
         step_s[key] = run_once(sessions[key], tokens, cell.generated, False)[1]
         tick()
     steps = cell.generated - 1
+    groups = {b: [key for key in order if key[0] == b] for b in backends}
+    chunks = {b: max(1, int(CHUNK_S / max(min(step_s[key] for key in mine), 1e-6))) for b, mine in groups.items()}
     for r in range(rounds):
         for backend in backends[r % len(backends):] + backends[:r % len(backends)]:
-            mine = [key for key in order if key[0] == backend]
-            chunk = max(1, int(CHUNK_S / max(min(step_s[key] for key in mine), 1e-6)))
-            _timed_round(sessions, mine[r % len(mine):] + mine[:r % len(mine)], tokens, steps, chunk, timings)
+            mine = groups[backend]
+            _timed_round(sessions, mine[r % len(mine):] + mine[:r % len(mine)], tokens, steps, chunks[backend], timings)
             tick(len(mine))
     for key in order:
         timings[key].transient_bytes = run_once(sessions[key], tokens, cell.generated, True)[2]
