@@ -4,9 +4,9 @@
     vision   pixels [N, 3, S, S]                                     -> image_embeds [N, K, C]
              (LaVIN: ViT CLS taps + projector, K = 6; LLaVA: tower + mlp2x_gelu on patch tokens, K = grid²)
     prefill  embeds, positions, key_mask, prompt_mask [B, T]         -> logits [B, V],
-             present.k.i / present.v.i [B, T, H, D] (kept layers), adapter tensors [B, n]
-    decode   token, position [B], key_mask [B, P], past.k.i / past.v.i [B, P, H, D],
-             adapter tensors                                         -> logits, present K/V [B, P+1, H, D]
+             present.k.i / present.v.i [B, H, T, D] (kept layers), adapter tensors [B, n]
+    decode   token, position [B], key_mask [B, P], past.k.i / past.v.i [B, H, P, D],
+             adapter tensors                                         -> logits, present K/V [B, H, P+1, D]
 
 K/V travel as past (inputs) and present (outputs) instead of a preallocated buffer written in
 place: the exporter drops in-place updates of inputs, and growing tensors map directly onto ONNX

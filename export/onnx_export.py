@@ -68,7 +68,8 @@ def graph_specs(model: nn.Module) -> tuple[list[GraphSpec], StateLayout]:
     cfg = llama.cfg
     fdt = DTYPES[llama.tok_embeddings.weight.dtype]
     layout = state_layout(llama)
-    kv = (cfg.n_kv_heads, cfg.head_dim)
+    def kv(slots: str) -> tuple:  # the state's head-major K/V layout (eas/model/state.py)
+        return ("batch", cfg.n_kv_heads, slots, cfg.head_dim)
 
     embed = EmbedGraph(model)
     masks = [TensorSpec("modality_slot", ("batch", "seq"), "bool"), TensorSpec("has_image", ("batch",), "bool")]
@@ -84,13 +85,13 @@ def graph_specs(model: nn.Module) -> tuple[list[GraphSpec], StateLayout]:
         "prefill", PrefillGraph(llama, layout),
         [TensorSpec("embeds", ("batch", "seq", cfg.dim), fdt), TensorSpec("positions", ("batch", "seq"), "int64"),
          TensorSpec("key_mask", ("batch", "seq"), "bool"), TensorSpec("prompt_mask", ("batch", "seq"), "bool")],
-        [logits, *(TensorSpec(n, ("batch", "seq", *kv), fdt) for n in layout.present()), *adapters]))
+        [logits, *(TensorSpec(n, kv("seq"), fdt) for n in layout.present()), *adapters]))
     specs.append(GraphSpec(
         "decode", DecodeGraph(llama, layout),
         [TensorSpec("token", ("batch",), "int64"), TensorSpec("position", ("batch",), "int64"),
          TensorSpec("key_mask", ("batch", "past"), "bool"),
-         *(TensorSpec(n, ("batch", "past", *kv), fdt) for n in layout.past()), *adapters],
-        [logits, *(TensorSpec(n, ("batch", "past+1", *kv), fdt) for n in layout.present())]))
+         *(TensorSpec(n, kv("past"), fdt) for n in layout.past()), *adapters],
+        [logits, *(TensorSpec(n, kv("past+1"), fdt) for n in layout.present())]))
     for spec in specs:
         names = spec.module.input_names(), spec.module.output_names()
         assert names == ([t.name for t in spec.inputs], [t.name for t in spec.outputs]), (spec.name, names)

@@ -23,7 +23,7 @@ import contextlib
 import math
 
 import torch
-from torch.onnx import symbolic_helper, symbolic_opset11, symbolic_opset13
+from torch.onnx import symbolic_helper, symbolic_opset9, symbolic_opset11, symbolic_opset13
 
 FLOAT = 1  # onnx.TensorProto.FLOAT
 TORCH_DTYPES = {FLOAT: torch.float32, 10: torch.float16, 16: torch.bfloat16}
@@ -51,11 +51,11 @@ def scaled_dot_product_attention(g, query, key, value, attn_mask=None, dropout_p
         scale_t = _cast(g, g.op("Reciprocal", g.op("Sqrt", d)), onnx_dtype, FLOAT)
     else:
         scale_t = g.op("Constant", value_t=torch.tensor(1 / math.sqrt(head_dim), dtype=TORCH_DTYPES[onnx_dtype]))
-    q = g.op("Mul", query, scale_t)
     gqa = symbolic_helper._maybe_get_const(enable_gqa, "b")
+    q = query
     if gqa:  # [B, H, T, D] -> [B, KV, rep*T, D]: query head h reads K/V head h // rep
-        q = g.op("Reshape", q, g.op("Concat", _const(g, [0]), _dim(g, key, k_sizes, 1), _const(g, [-1]),
-                                    _dim(g, query, q_sizes, 3), axis_i=0))
+        q = _heads_reshape(g, q, _dim(g, key, k_sizes, 1), _dim(g, query, q_sizes, 3))
+    q = g.op("Mul", q, scale_t)  # beside the MatMul, where ONNX Runtime folds it in
     scores = _cast(g, g.op("MatMul", q, g.op("Transpose", key, perm_i=[0, 1, 3, 2])), FLOAT, onnx_dtype)
     if not symbolic_helper._is_none(attn_mask):
         mask = attn_mask
@@ -67,8 +67,15 @@ def scaled_dot_product_attention(g, query, key, value, attn_mask=None, dropout_p
     out = g.op("MatMul", probs, value)
     if not gqa:
         return out
-    return g.op("Reshape", out, g.op("Concat", _const(g, [0]), _dim(g, query, q_sizes, 1), _const(g, [-1]),
-                                     _dim(g, query, q_sizes, 3), axis_i=0))
+    return _heads_reshape(g, out, _dim(g, query, q_sizes, 1), _dim(g, query, q_sizes, 3))
+
+
+def _heads_reshape(g, x, heads, head_dim):
+    """x [B, ..., D] -> [B, heads, -1, D]; one constant Reshape where both sizes are constants."""
+    sizes = [symbolic_helper._maybe_get_const(v, "is") for v in (heads, head_dim)]
+    if all(isinstance(v, list) for v in sizes):
+        return _reshape(g, x, [0, sizes[0][0], -1, sizes[1][0]])
+    return g.op("Reshape", x, g.op("Concat", _const(g, [0]), heads, _const(g, [-1]), head_dim, axis_i=0))
 
 
 def _dim(g, x, sizes, i: int):
@@ -79,14 +86,29 @@ def _dim(g, x, sizes, i: int):
     return g.op("Shape", x, start_i=i, end_i=i + 1)
 
 
+def _reshape(g, x, shape: list[int]):
+    """Reshape x to a constant `shape` (0 = keep that dim of x). Dims the trace knows are written
+    as constants; when x is itself a constant Reshape of some y and every 0 left would keep a dim
+    y has at the same place, y is reshaped directly: a chain of reshapes is one node."""
+    sizes = symbolic_helper._get_tensor_sizes(x) or []
+    shape = [sizes[i] if s == 0 and i < len(sizes) and sizes[i] is not None else s for i, s in enumerate(shape)]
+    if 0 in shape and -1 not in shape:  # torch's shape inference wants a -1 beside 0s
+        shape[next(i for i, s in enumerate(shape) if s != 0)] = -1
+    node = x.node()
+    if node.kind() == "onnx::Reshape":
+        y, first = node.inputs()
+        first = symbolic_helper._maybe_get_const(first, "is")
+        if isinstance(first, list) and all(i < len(first) and first[i] == 0 for i, s in enumerate(shape) if s == 0):
+            x = y
+    return g.op("Reshape", x, _const(g, shape))
+
+
 def unflatten(g, input, dim, unflattened_size):
     rank, d = symbolic_helper._get_tensor_rank(input), symbolic_helper._get_const(dim, "i", "dim")
     sizes = symbolic_helper._maybe_get_const(unflattened_size, "is")
     if rank is None or d not in (-1, rank - 1) or not isinstance(sizes, list):
         return symbolic_opset13.unflatten(g, input, dim, unflattened_size)
-    if -1 not in sizes:  # torch's shape inference wants a -1 beside 0s; the first size is implied
-        sizes = [-1] + sizes[1:]
-    return g.op("Reshape", input, _const(g, [0] * (rank - 1) + sizes))
+    return _reshape(g, input, [0] * (rank - 1) + sizes)
 
 
 def flatten(g, input, start_dim, end_dim):
@@ -95,11 +117,27 @@ def flatten(g, input, start_dim, end_dim):
     if rank is None or end not in (-1, rank - 1):
         return symbolic_opset11.flatten(g, input, start_dim, end_dim)
     start = start % rank
-    return g.op("Reshape", input, _const(g, [0] * start + [-1]))
+    return _reshape(g, input, [0] * start + [-1])
+
+
+def transpose(g, input, dim0, dim1):
+    """A swap that moves only dims of size 1 (a decode step's single token past the heads) keeps
+    the data's order: a Reshape, which joins the reshapes around it, instead of a Transpose."""
+    sizes = symbolic_helper._get_tensor_sizes(input)
+    if sizes is None:
+        return symbolic_opset9.transpose(g, input, dim0, dim1)
+    rank = len(sizes)
+    a, b = symbolic_helper._get_const(dim0, "i", "dim0") % rank, symbolic_helper._get_const(dim1, "i", "dim1") % rank
+    perm = list(range(rank))
+    perm[a], perm[b] = perm[b], perm[a]
+    kept = [i for i in perm if sizes[i] != 1]
+    if kept != sorted(kept) or any(sizes[i] is None and i != p for p, i in enumerate(perm)):
+        return symbolic_opset9.transpose(g, input, dim0, dim1)
+    return _reshape(g, input, [0 if sizes[i] is None else sizes[i] for i in perm])
 
 
 SYMBOLICS = {"aten::scaled_dot_product_attention": scaled_dot_product_attention, "aten::unflatten": unflatten,
-             "aten::flatten": flatten}
+             "aten::flatten": flatten, "aten::transpose": transpose}
 
 
 @contextlib.contextmanager

@@ -64,11 +64,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Meta's interleaved convention: channel pairs (2i, 2i+1) rotate as one complex number,
     (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin).
 
-    x: [B, T, H, D]; cos/sin: [B, T, 1, D] gathered at the positions from Llama's tables, each angle
+    x: [B, H, T, D]; cos/sin: [B, 1, T, D] gathered at the positions from Llama's tables, each angle
     twice, sin signed (-, +) per pair: one multiply-add with x and with x's pairs swapped.
     """
     xf = x.float()
-    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    if torch.onnx.is_in_onnx_export():  # one MatMul node instead of three; exact (one 1 per column)
+        d = x.shape[-1]  # built from Python data: a constant of the graph, not traced ops
+        swapped = (x @ torch.tensor([[float(i == j ^ 1) for j in range(d)] for i in range(d)], dtype=x.dtype)).float()
+    else:
+        swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return (xf * cos + swapped * sin).type_as(x)
 
 
@@ -121,6 +125,11 @@ class Context:
     decoding: bool = False
 
 
+def heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, T, n*D] -> head-major [B, n, T, D], the K/V state's layout."""
+    return x.unflatten(-1, (n, -1)).transpose(1, 2)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -135,13 +144,12 @@ class Attention(nn.Module):
 
     def attend(self, q, k, v, ctx: Context, layer: int) -> torch.Tensor:
         """Attention of projected activations q, k, v [B, T, H*D]; returns wo(attention)."""
-        q = apply_rope(q.unflatten(-1, (self.n_heads, self.head_dim)), ctx.cos, ctx.sin)
-        k = apply_rope(k.unflatten(-1, (self.n_kv_heads, self.head_dim)), ctx.cos, ctx.sin)
-        v = v.unflatten(-1, (self.n_kv_heads, self.head_dim))
+        q = apply_rope(heads(q, self.n_heads), ctx.cos, ctx.sin)
+        k = apply_rope(heads(k, self.n_kv_heads), ctx.cos, ctx.sin)
+        v = heads(v, self.n_kv_heads)
         if ctx.state is not None:
             k, v = write_kv(ctx.state, layer, k, v, ctx.decoding)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=ctx.mask, enable_gqa=self.n_heads != self.n_kv_heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, enable_gqa=self.n_heads != self.n_kv_heads)
         return self.wo(out.transpose(1, 2).flatten(-2))
 
 
@@ -238,7 +246,7 @@ class Llama(nn.Module):
             if not decoding:  # prefill: the prompt's own T slots are all there is
                 all_keys = all_keys[:, :T]
             mask = attention_mask(all_keys, first, T)
-        return Context(self.rope_cos[positions][:, :, None], self.rope_sin[positions][:, :, None], mask, key_mask,
+        return Context(self.rope_cos[positions][:, None], self.rope_sin[positions][:, None], mask, key_mask,
                        key_mask if prompt_mask is None else prompt_mask, state, decoding)
 
     def hidden(self, h, positions, key_mask, prompt_mask=None) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """The explicit inference state of a decoder: a flat dict of named tensors, nothing else.
 
-    k.{layer}, v.{layer}   [B, max_len, n_kv_heads, head_dim]  only for layers with attention
+    k.{layer}, v.{layer}   [B, n_kv_heads, max_len, head_dim]  only for layers with attention
+                                                                (head-major: attention reads each
+                                                                head's keys in place, no transpose)
     key_mask               [B, max_len] bool                   slots later queries may see
     length                 [] int64                            slots filled so far
     adapter tensors        per example, frozen at prefill       named by the module that made them
@@ -21,7 +23,7 @@ State = dict[str, torch.Tensor]
 
 
 def new_state(cfg: LlamaConfig, batch: int, max_len: int, dtype, device) -> State:
-    shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
     state: State = {}
     for i in cfg.attention_layers:
         state[f"k.{i}"] = torch.zeros(shape, dtype=dtype, device=device)
@@ -37,28 +39,28 @@ class GrowingState(dict):
     tensors would trace as a zero pad plus a scatter, two full copies of every K/V per step."""
 
 
-def _write(state: State, name: str, new: torch.Tensor) -> torch.Tensor:
-    """Put new [B, T, ...] at slots length..length+T-1 of state[name] (dim 1); returns the buffer."""
+def _write(state: State, name: str, new: torch.Tensor, dim: int) -> torch.Tensor:
+    """Put new's T slots (along `dim`) at slots length..length+T-1 of state[name]; returns the buffer."""
     buf = state[name]
     if isinstance(state, GrowingState):
-        state[name] = torch.cat([buf, new.to(buf.dtype)], 1)
+        state[name] = torch.cat([buf, new.to(buf.dtype)], dim)
         return state[name]
-    buf.index_copy_(1, state["length"] + torch.arange(new.shape[1], device=buf.device), new.to(buf.dtype))
+    buf.index_copy_(dim, state["length"] + torch.arange(new.shape[dim], device=buf.device), new.to(buf.dtype))
     return buf
 
 
 def write_kv(state: State, layer: int, k: torch.Tensor, v: torch.Tensor, decoding: bool):
-    """Store the new keys/values [B, T, H, D] of `layer` at slots length..length+T-1.
+    """Store the new keys/values [B, H, T, D] of `layer` at slots length..length+T-1.
 
     Returns what this pass attends over: at prefill the prompt's own k, v; at decode the whole
     buffers (unfilled slots are masked by key_mask)."""
-    kb, vb = _write(state, f"k.{layer}", k), _write(state, f"v.{layer}", v)
+    kb, vb = _write(state, f"k.{layer}", k, 2), _write(state, f"v.{layer}", v, 2)
     return (kb, vb) if decoding else (k, v)
 
 
 def write_keys(state: State, key_mask: torch.Tensor) -> torch.Tensor:
     """Store which of this pass's T slots later queries may see; returns the whole key_mask."""
-    return _write(state, "key_mask", key_mask)
+    return _write(state, "key_mask", key_mask, 1)
 
 
 def advance(state: State, n: int) -> State:

@@ -73,13 +73,13 @@ def test_decode_graph_grows_the_kv_by_one_slot_and_writes_the_new_keys_there():
         ref_logits, state = model.decode_step(torch.tensor([5, 9]), torch.tensor([6, 6]), state)
     manifest = json.loads((folder / "manifest.json").read_text())
     feed = {"token": np.array([5, 9]), "position": np.array([6, 6]), "key_mask": np.ones((2, 6), dtype=bool),
-            **{f"past.{n}": before[n][:, :6].numpy() for n in (p[5:] for p in manifest["state"]["kv"]["past"])},
+            **{f"past.{n}": before[n][:, :, :6].numpy() for n in (p[5:] for p in manifest["state"]["kv"]["past"])},
             **{n: before[n].numpy() for n in manifest["state"]["adapters"]}}
     session = ort.InferenceSession(str(folder / "decode.onnx"), providers=["CPUExecutionProvider"])
     logits, *present = session.run(None, feed)
     assert rel_err(torch.from_numpy(logits), ref_logits) < 1e-5
     for name, kv in zip(manifest["state"]["kv"]["present"], present):
-        assert kv.shape[1] == 7
+        assert kv.shape[2] == 7
         assert rel_err(torch.from_numpy(kv), state[name[8:]]) < 1e-5
 
 

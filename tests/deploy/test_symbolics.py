@@ -55,4 +55,9 @@ def test_reshapes_and_grouped_attention_match_pytorch_at_untraced_sizes(tmp_path
 def test_decode_graph_appends_kv_without_scatter_or_padding():
     ops = [n.op_type for n in onnx.load(str(exported("text", "static") / "decode.onnx")).graph.node]
     assert not {"ScatterElements", "ScatterND"} & set(ops), sorted(set(ops))
+    # head-major K/V: the only transposes are K^T in Q·K^T (ONNX Runtime folds them into the
+    # MatMul); the step's single token moves past the heads by Reshape (export/symbolics.py)
+    graph = onnx.load(str(exported("text", "static") / "decode.onnx")).graph
+    perms = [list(n.attribute[0].ints) for n in graph.node if n.op_type == "Transpose"]
+    assert perms == [[0, 1, 3, 2]] * 2, perms  # one per kept layer
     assert ops.count("Concat") >= 2 * 2  # at least one per K/V tensor of the 2 kept layers
