@@ -4,7 +4,7 @@
     vision   pixels [N, 3, S, S]                                     -> image_embeds [N, K, C]
              (LaVIN: ViT CLS taps + projector, K = 6; LLaVA: tower + mlp2x_gelu on patch tokens, K = grid²)
     prefill  embeds, positions, key_mask, prompt_mask [B, T]         -> logits [B, V],
-             present.k.i / present.v.i [B, H, T, D] (kept layers), adapter tensors [B, n]
+             present.k.i / present.v.i [B, H, T, D] (kept layers), adapter tensors [B, ...]
     decode   token, position [B], key_mask [B, P], past.k.i / past.v.i [B, H, P, D],
              adapter tensors                                         -> logits, present K/V [B, H, P+1, D]
 
@@ -45,7 +45,7 @@ class StateLayout:
     """Which state tensors cross the prefill -> decode boundary, in graph order."""
     kv_layers: tuple[int, ...]
     adapter_names: tuple[str, ...]
-    adapter_sizes: tuple[int, ...]  # each adapter tensor is [B, size]
+    adapter_shapes: tuple[tuple[int, ...], ...]  # each adapter tensor is [B, *shape]
 
     def past(self) -> list[str]:
         return [f"past.{kv}.{i}" for i in self.kv_layers for kv in ("k", "v")]
@@ -63,7 +63,7 @@ def state_layout(llama: Llama) -> StateLayout:
     llama.prefill(embeds, positions, torch.ones(1, 2, dtype=torch.bool), state)
     kv = {f"{kv}.{i}" for i in llama.cfg.attention_layers for kv in ("k", "v")}
     adapters = tuple(n for n in state if n not in kv and n not in ("key_mask", "length"))
-    return StateLayout(llama.cfg.attention_layers, adapters, tuple(state[n].shape[1] for n in adapters))
+    return StateLayout(llama.cfg.attention_layers, adapters, tuple(tuple(state[n].shape[1:]) for n in adapters))
 
 
 class EmbedGraph(nn.Module):

@@ -79,7 +79,7 @@ def graph_specs(model: nn.Module) -> tuple[list[GraphSpec], StateLayout]:
         size = model.cfg.vision.image_size
         specs.append(GraphSpec("vision", VisionGraph(model), [TensorSpec("pixels", ("images", 3, size, size), fdt)],
                                [TensorSpec("image_embeds", ("images", n_image_tokens(model), cfg.dim), fdt)]))
-    adapters = [TensorSpec(n, ("batch", size), fdt) for n, size in zip(layout.adapter_names, layout.adapter_sizes)]
+    adapters = [TensorSpec(n, ("batch", *shape), fdt) for n, shape in zip(layout.adapter_names, layout.adapter_shapes)]
     logits = TensorSpec("logits", ("batch", cfg.vocab_size), fdt)
     specs.append(GraphSpec(
         "prefill", PrefillGraph(llama, layout),

@@ -16,7 +16,7 @@ from torch import nn
 
 from eas.adapters.pia import PIA, PIAState, RoutedDown, masked_mean
 from eas.model.config import LlamaConfig
-from eas.model.llama import Block, Context, rms_normalize
+from eas.model.llama import Block, Context, project, rms_normalize, stacked_bias
 from eas.model.state import per_example
 from eas.model.vit import patch_mask
 
@@ -24,17 +24,17 @@ MODES = ("static", "dynamic")
 
 
 class PooledBias(nn.Module):
-    """Static merge of PIA-S: per-example bias of [W1 | W3] = proj · (W_A mean_prompt(x̂) + b_A)."""
+    """Static merge of PIA-S: per-example bias of [W1 | W3] = proj · (W_A mean_prompt(x̂) + b_A),
+    summed with the layers' own biases once at prefill: a decode step adds one [B, 1, n] tensor."""
 
     def __init__(self, dim: int, hidden: int, out_features: int):
         super().__init__()
         self.down_pool = nn.Linear(dim, hidden)
         self.proj = nn.Parameter(torch.zeros(out_features, hidden))
 
-    def delta(self, xn: torch.Tensor, ctx: Context, name: str) -> torch.Tensor:
-        bias = per_example(ctx.state, f"{name}.bias", ctx.decoding,
-                           lambda: self.down_pool(masked_mean(xn, ctx.prompt_mask)) @ self.proj.T)
-        return bias[:, None]
+    def delta(self, xn: torch.Tensor, ctx: Context, name: str, linears) -> torch.Tensor:
+        return per_example(ctx.state, f"{name}.bias", ctx.decoding, lambda: (
+            self.down_pool(masked_mean(xn, ctx.prompt_mask)) @ self.proj.T + stacked_bias(linears))[:, None])
 
 
 class RoutedDelta(RoutedDown):
@@ -50,8 +50,11 @@ class RoutedDelta(RoutedDown):
         w = state.route[:, None]
         return torch.cat((w[..., :1] * h, w[..., 1:] * h), -1) @ self.up.T + w @ self.route_bias.T
 
-    def delta(self, xn: torch.Tensor, ctx: Context, name: str) -> torch.Tensor:
-        return self(xn, self.frozen_context(xn, ctx, name))
+    def delta(self, xn: torch.Tensor, ctx: Context, name: str, linears) -> torch.Tensor:
+        """The correction to the stacked outputs of `linears` (the targets), plus their biases."""
+        d = self(xn, self.frozen_context(xn, ctx, name))
+        bias = stacked_bias(linears)
+        return d if bias is None else d + bias
 
 
 def _attend(block, x: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -61,10 +64,9 @@ def _attend(block, x: torch.Tensor, ctx: Context) -> torch.Tensor:
     delta = getattr(block, "attn_delta", None)
     if delta is None:
         return x + att(xn, ctx, block.layer)
-    q, k, v = att.wq(xn), att.wk(xn), att.wv(xn)
-    dq, dk, dv = delta.delta(xn, ctx, f"layers.{block.layer}.attn_delta").split(
-        [q.shape[-1], k.shape[-1], v.shape[-1]], dim=-1)
-    return x + att.attend(q + dq, k + dk, v + dv, ctx, block.layer)
+    lins = (att.wq, att.wk, att.wv)
+    qkv = project(xn, lins, delta.delta(xn, ctx, f"layers.{block.layer}.attn_delta", lins))
+    return x + att.attend(*qkv, ctx, block.layer)
 
 
 class RoutedAttentionBlock(Block):
@@ -82,7 +84,8 @@ class RoutedAttentionBlock(Block):
 
 class SkippedAttentionBlock(Block):
     """A layer whose attention PIA-S replaced: x + W2(silu(W1' x̂ + b1 + d1) ⊙ (W3' x̂ + b3 + d3)),
-    x̂ = RMSNorm_att(x) (ffn_norm carries γ_att), d the per-example PooledBias or RoutedDelta."""
+    x̂ = RMSNorm_att(x) (ffn_norm carries γ_att), d the per-example PooledBias or RoutedDelta; the
+    biases b1, b3 join d (static: once, at prefill)."""
 
     def __init__(self, cfg: LlamaConfig, layer: int, mode: str, skip_dim: int, temperature: float):
         super().__init__(cfg, layer)
@@ -93,8 +96,9 @@ class SkippedAttentionBlock(Block):
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         xn, ffn = self.ffn_norm(x), self.feed_forward
-        d_gate, d_up = self.ffn_delta.delta(xn, ctx, f"layers.{self.layer}.ffn_delta").chunk(2, dim=-1)
-        return x + ffn.w2(F.silu(ffn.w1(xn) + d_gate) * (ffn.w3(xn) + d_up))
+        lins = (ffn.w1, ffn.w3)
+        gate, up = project(xn, lins, self.ffn_delta.delta(xn, ctx, f"layers.{self.layer}.ffn_delta", lins))
+        return x + ffn.w2(F.silu(gate) * up)
 
 
 class ResidualAdapterBlock(Block):

@@ -125,6 +125,24 @@ class Context:
     decoding: bool = False
 
 
+def stacked_bias(linears) -> torch.Tensor | None:
+    return None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
+
+
+def project(x: torch.Tensor, linears, add: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """x through sibling Linears, plus `add` over their stacked outputs (default: their biases;
+    a caller passing `add` includes them). In an ONNX export: one MatMul over the stacked weights
+    (the exporter folds the stacking into one constant), one Add, one Split, not a node per Linear."""
+    sizes = [lin.out_features for lin in linears]
+    if torch.onnx.is_in_onnx_export():
+        out = x @ torch.cat([lin.weight for lin in linears]).T
+        add = stacked_bias(linears) if add is None else add
+        return (out if add is None else out + add).split(sizes, -1)
+    if add is None:
+        return tuple(lin(x) for lin in linears)
+    return tuple(F.linear(x, lin.weight) + a for lin, a in zip(linears, add.split(sizes, -1)))
+
+
 def heads(x: torch.Tensor, n: int) -> torch.Tensor:
     """[B, T, n*D] -> head-major [B, n, T, D], the K/V state's layout."""
     return x.unflatten(-1, (n, -1)).transpose(1, 2)
@@ -140,7 +158,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, xn: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
-        return self.attend(self.wq(xn), self.wk(xn), self.wv(xn), ctx, layer)
+        return self.attend(*project(xn, (self.wq, self.wk, self.wv)), ctx, layer)
 
     def attend(self, q, k, v, ctx: Context, layer: int) -> torch.Tensor:
         """Attention of projected activations q, k, v [B, T, H*D]; returns wo(attention)."""
@@ -161,7 +179,8 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = project(x, (self.w1, self.w3))
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):

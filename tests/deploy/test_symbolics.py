@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eas.model.config import LlamaConfig
 from export.onnx_export import OPSET
 from export.symbolics import export_symbolics
 from export_fixtures import exported
@@ -61,3 +62,21 @@ def test_decode_graph_appends_kv_without_scatter_or_padding():
     perms = [list(n.attribute[0].ints) for n in graph.node if n.op_type == "Transpose"]
     assert perms == [[0, 1, 3, 2]] * 2, perms  # one per kept layer
     assert ops.count("Concat") >= 2 * 2  # at least one per K/V tensor of the 2 kept layers
+
+
+def test_static_merged_decode_graph_is_the_floor_plus_one_add_per_layer(tmp_path):
+    """Merged adapters cost one bias Add per layer in the exported decode step: a kept layer's q/k/v
+    bias (one stacked MatMul + Add + Split), a skipped layer's per-example FFN bias (summed with
+    W1/W3's own at prefill). Everything else is the graph of the same layers deleted, no adapters."""
+    from collections import Counter
+
+    from eas.bench.variants import base_model, variants
+    from export.onnx_export import export_graph, graph_specs
+
+    cfg = LlamaConfig(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=300, hidden_dim=128, max_seq_len=64)
+    ops = {}
+    for kind, model in variants(base_model(cfg), 2, kinds=("static", "floor")).items():
+        spec = next(s for s in graph_specs(model)[0] if s.name == "decode")
+        export_graph(spec, tmp_path / f"{kind}.onnx", cfg.vocab_size)
+        ops[kind] = Counter(n.op_type for n in onnx.load(str(tmp_path / f"{kind}.onnx")).graph.node)
+    assert ops["static"] - ops["floor"] == Counter({"Add": cfg.n_layers}) and not ops["floor"] - ops["static"], ops

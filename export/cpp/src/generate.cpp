@@ -106,7 +106,7 @@ std::vector<int64_t> generate(Runtime& runtime, const Manifest& manifest, const 
         if (token == manifest.eos_id) break;
         out.push_back(token);
         if (step == max_new_tokens - 1) break;
-        Tensors step_in = adapters;  // small ([1, n] each) and the same for every step
+        Tensors step_in = adapters;  // small (a few numbers per example) and the same for every step
         for (auto& [name, kv] : past) step_in[name] = std::move(kv);
         step_in["token"] = int64_tensor({token}, {1});
         step_in["position"] = int64_tensor({first_position + step}, {1});
