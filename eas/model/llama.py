@@ -67,13 +67,25 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x: [B, H, T, D]; cos/sin: [B, 1, T, D] gathered at the positions from Llama's tables, each angle
     twice, sin signed (-, +) per pair: one multiply-add with x and with x's pairs swapped.
     """
+    if torch.onnx.is_in_onnx_export():
+        return _rope_graph(x, cos, sin)
     xf = x.float()
-    if torch.onnx.is_in_onnx_export():  # one MatMul node instead of three; exact (one 1 per column)
-        d = x.shape[-1]  # built from Python data: a constant of the graph, not traced ops
-        swapped = (x @ torch.tensor([[float(i == j ^ 1) for j in range(d)] for i in range(d)], dtype=x.dtype)).float()
-    else:
-        swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return (xf * cos + swapped * sin).type_as(x)
+
+
+def _rope_graph(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """apply_rope as written into an ONNX graph, with constants built from Python data (not traced
+    ops). The pair swap is x @ P, P a permutation (exact: one 1 per column), one node instead of
+    three. For a single token (the decode graph, traced with T = 1) the whole rotation is one
+    MatMul with R = I·cos + P·sin [B, 1, D, D], in x's dtype: every layer builds the same R from the
+    same inputs, and ONNX Runtime's common-subexpression pass computes it once per step."""
+    d = x.shape[-1]
+    swap = torch.tensor([[float(i == j ^ 1) for j in range(d)] for i in range(d)])
+    if x.shape[-2] == 1:
+        eye = torch.tensor([[float(i == j) for j in range(d)] for i in range(d)])
+        return x @ (eye * cos + swap * sin).to(x.dtype)
+    return (x.float() * cos + (x @ swap.to(x.dtype)).float() * sin).type_as(x)
 
 
 def attention_mask(key_mask: torch.Tensor, first_query: torch.Tensor | int, n_queries: int) -> torch.Tensor:
