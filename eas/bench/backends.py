@@ -76,10 +76,13 @@ def ort_options(threads: int, level: str = "all", profile: bool = False):
     opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "eas-bench-ort-profile")
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    # Each session has its own worker pool; a benchmark holds several, and a pool spinning after its
-    # run took the cores from the next session (tiny model, 4 sessions interleaved: medians 3.3-4.5
-    # ms with spinning, 2.0-2.8 ms without, and half the spread).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Each session has its own worker pool and a benchmark holds several: workers spin while a run
+    # is in flight (quick hand-offs between a decode step's many small operators) and stop when it
+    # returns, so an idle pool never takes the cores from the next session. Tiny model, sessions
+    # interleaved: spinning that outlived the run 3.3-4.5 ms, no spinning 2.0-2.8 ms (an earlier
+    # graph); no spinning 2.14 ms, spinning within runs 1.88 ms (this graph, minutes apart).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                                      "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
     return opts
@@ -118,18 +121,24 @@ class Ort:
         return logits.argmax(-1)
 
     def decode(self, token: np.ndarray, steps: int) -> np.ndarray:
-        names = self.layout.past()
+        """Greedy steps; K/V stay ONNX Runtime values from one step to the next (no numpy round trip)."""
+        from onnxruntime import OrtValue
+        value = OrtValue.ortvalue_from_numpy
+        names, session = self.layout.past(), self.sessions["decode"]
+        past = [p if isinstance(p, OrtValue) else value(p) for p in self.past]
+        adapters = {n: value(a) for n, a in self.adapters.items()}
         for _ in range(steps):
             self.position = self.position + 1
-            feed = {"token": token.astype(np.int64), "position": self.position, "key_mask": self.key_mask,
-                    **dict(zip(names, self.past)), **self.adapters}
-            logits, *self.past = self.sessions["decode"].run(None, feed)
+            feed = {"token": value(token.astype(np.int64)), "position": value(self.position),
+                    "key_mask": value(self.key_mask), **dict(zip(names, past)), **adapters}
+            logits, *past = session.run_with_ort_values(None, feed)
             self.key_mask = np.ones((token.shape[0], self.key_mask.shape[1] + 1), dtype=bool)
-            token = logits.argmax(-1)
+            token = logits.numpy().argmax(-1)
+        self.past = past
         return token
 
     def kv_bytes(self) -> int:
-        return sum(a.nbytes for a in self.past)
+        return sum((p if isinstance(p, np.ndarray) else p.numpy()).nbytes for p in self.past)
 
 
 def session(backend: str, model, slots: int, threads: int, shared: SharedWeights | None = None):
