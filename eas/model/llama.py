@@ -274,9 +274,10 @@ class Llama(nn.Module):
         else:
             first = state["length"]
             all_keys = write_keys(state, key_mask)
-            if not decoding:  # prefill: the prompt's own T slots are all there is
-                all_keys = all_keys[:, :T]
-            mask = attention_mask(all_keys, first, T)
+            if decoding:  # one query in the newest filled slot, which decode_step writes visible:
+                mask = all_keys[:, None, None]  # it sees exactly the visible keys
+            else:  # prefill: the prompt's own T slots are all there is
+                mask = attention_mask(all_keys[:, :T], first, T)
         return Context(self.rope_cos[positions][:, None], self.rope_sin[positions][:, None], mask, key_mask,
                        key_mask if prompt_mask is None else prompt_mask, state, decoding)
 
