@@ -12,10 +12,12 @@ group of query heads into its query rows, so K/V are never repeated.
 Reshapes: torch.onnx writes unflatten / flatten as Shape, Slice and Concat nodes that compute the
 target shape at run time, because the leading dims (batch, sequence) are dynamic. When only the
 trailing dims change, ONNX's Reshape says the same with one constant shape (0 = keep that dim):
-four fewer nodes per reshape, and a decode step has several per layer.
+four fewer nodes per reshape, and a decode step has several per layer. A transpose that moves
+only dims of size 1 (the decode step's single token past the heads) is a Reshape too, and a
+Reshape of a Reshape is written as one.
 
-Sizes the translations read from the traced tensors (head_dim, K/V heads) are model constants,
-never dynamic dims.
+Sizes the translations read from the traced tensors (head_dim, K/V heads, the decode step's
+T = 1) are static in the trace; dims the exporter marks dynamic read as unknown and stay 0 or -1.
 """
 from __future__ import annotations
 
