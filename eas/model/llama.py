@@ -60,6 +60,13 @@ def rope_tables(head_dim: int, n_positions: int, theta: float, device=None,
     return angles.cos().float(), angles.sin().float()
 
 
+def tracing() -> bool:
+    """In a trace (the ONNX export traces the model), where graph-friendly forms of the same math
+    are used. torch.jit.is_tracing costs ~0.1 µs; torch.onnx.is_in_onnx_export ~1.4 µs, and the
+    eager decode step asks 4 times per layer."""
+    return torch.jit.is_tracing()
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Meta's interleaved convention: channel pairs (2i, 2i+1) rotate as one complex number,
     (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin).
@@ -67,7 +74,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x: [B, H, T, D]; cos/sin: [B, 1, T, D] gathered at the positions from Llama's tables, each angle
     twice, sin signed (-, +) per pair: one multiply-add with x and with x's pairs swapped.
     """
-    if torch.onnx.is_in_onnx_export():
+    if tracing():
         return _rope_graph(x, cos, sin)
     xf = x.float()
     swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
@@ -146,7 +153,7 @@ def project(x: torch.Tensor, linears, add: torch.Tensor | None = None) -> tuple[
     a caller passing `add` includes them). In an ONNX export: one MatMul over the stacked weights
     (the exporter folds the stacking into one constant), one Add, one Split, not a node per Linear."""
     sizes = [lin.out_features for lin in linears]
-    if torch.onnx.is_in_onnx_export():
+    if tracing():
         out = x @ torch.cat([lin.weight for lin in linears]).T
         add = stacked_bias(linears) if add is None else add
         return (out if add is None else out + add).split(sizes, -1)
@@ -272,12 +279,11 @@ class Llama(nn.Module):
         if state is None:
             mask = attention_mask(key_mask, 0, T)
         else:
-            first = state["length"]
             all_keys = write_keys(state, key_mask)
             if decoding:  # one query in the newest filled slot, which decode_step writes visible:
                 mask = all_keys[:, None, None]  # it sees exactly the visible keys
             else:  # prefill: the prompt's own T slots are all there is
-                mask = attention_mask(all_keys[:, :T], first, T)
+                mask = attention_mask(all_keys[:, :T], state["length"], T)
         return Context(self.rope_cos[positions][:, None], self.rope_sin[positions][:, None], mask, key_mask,
                        key_mask if prompt_mask is None else prompt_mask, state, decoding)
 
