@@ -106,7 +106,9 @@ class Ort:
                                                                 ["CPUExecutionProvider"])
                 self.held.update(used)
         self.weights = sum(t.array.nbytes for t in self.held)  # distinct weights read, as for eager
-        self.past: list[np.ndarray] = []
+        from onnxruntime import OrtValue
+        self.value = OrtValue.ortvalue_from_numpy  # numpy -> ONNX Runtime value (shares the buffer)
+        self.past: list[OrtValue] = []
 
     def prefill(self, tokens: np.ndarray) -> np.ndarray:
         B, T = tokens.shape
@@ -115,6 +117,8 @@ class Ort:
         logits, *state = self.sessions["prefill"].run(None, {
             "embeds": embeds, "positions": np.broadcast_to(np.arange(T), (B, T)).copy(), "key_mask": mask,
             "prompt_mask": mask})
+        # held as ONNX Runtime values from here on: decode feeds them back without conversions
+        state = [self.value(a) for a in state]
         n = len(self.layout.past())
         self.past, self.adapters = state[:n], dict(zip(self.layout.adapter_names, state[n:]))
         self.key_mask, self.position = mask, np.full((B,), T - 1, dtype=np.int64)
@@ -122,23 +126,18 @@ class Ort:
 
     def decode(self, token: np.ndarray, steps: int) -> np.ndarray:
         """Greedy steps; K/V stay ONNX Runtime values from one step to the next (no numpy round trip)."""
-        from onnxruntime import OrtValue
-        value = OrtValue.ortvalue_from_numpy
-        names, session = self.layout.past(), self.sessions["decode"]
-        past = [p if isinstance(p, OrtValue) else value(p) for p in self.past]
-        adapters = {n: value(a) for n, a in self.adapters.items()}
+        value, names, session = self.value, self.layout.past(), self.sessions["decode"]
         for _ in range(steps):
             self.position = self.position + 1
             feed = {"token": value(token.astype(np.int64)), "position": value(self.position),
-                    "key_mask": value(self.key_mask), **dict(zip(names, past)), **adapters}
-            logits, *past = session.run_with_ort_values(None, feed)
+                    "key_mask": value(self.key_mask), **dict(zip(names, self.past)), **self.adapters}
+            logits, *self.past = session.run_with_ort_values(None, feed)
             self.key_mask = np.ones((token.shape[0], self.key_mask.shape[1] + 1), dtype=bool)
             token = logits.numpy().argmax(-1)
-        self.past = past
         return token
 
     def kv_bytes(self) -> int:
-        return sum((p if isinstance(p, np.ndarray) else p.numpy()).nbytes for p in self.past)
+        return sum(p.numpy().nbytes for p in self.past)
 
 
 def session(backend: str, model, slots: int, threads: int, shared: SharedWeights | None = None):
