@@ -5,14 +5,16 @@
              (LaVIN: ViT CLS taps + projector, K = 6; LLaVA: tower + mlp2x_gelu on patch tokens, K = grid²)
     prefill  embeds, positions, key_mask, prompt_mask [B, T]         -> logits [B, V],
              present.k.i / present.v.i [B, H, T, D] (kept layers), adapter tensors [B, ...]
-    decode   token, position [B], key_mask [B, P], past.k.i / past.v.i [B, H, P, D],
-             adapter tensors                                         -> logits, present K/V [B, H, P+1, D]
+    decode   token, position [B], length [], key_mask [B, S], past.k.i / past.v.i [B, H, S, D],
+             adapter tensors                                         -> logits, present K/V [B, H, S, D]
 
-K/V travel as past (inputs) and present (outputs) instead of a preallocated buffer written in
-place: the exporter drops in-place updates of inputs, and growing tensors map directly onto ONNX
-Runtime bindings and TensorRT optimization profiles. The decode graph wraps the past tensors in a
-GrowingState (eas/model/state.py) and calls Llama.decode_step, which appends this step's slot
-(one Concat per tensor); the prefill graph calls Llama.prefill on a state of exactly T slots.
+The decode graph takes the model's own state (eas/model/state.py): K/V buffers of S slots, the
+runtime's choice (prompt + answer), and `length`, the slot this step writes. It calls
+Llama.decode_step, whose write is one ScatterElements per tensor, so present is past with slot
+`length` written; a runtime that binds present to past's memory (ONNX Runtime IOBinding) updates
+the cache in place, and a step reads each K/V once instead of copying it. key_mask marks the
+filled slots; the step's own slot is made visible by the graph. Prefill calls Llama.prefill on a
+state of exactly T slots; the runtime copies its present K/V into the first T slots of S.
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ from eas.adapters.attach import llama_of
 from eas.model.lavin import Lavin
 from eas.model.llama import Llama
 from eas.model.llava import Llava
-from eas.model.state import GrowingState
 
 
 def wiring(model: nn.Module) -> str:
@@ -125,18 +126,16 @@ class DecodeGraph(nn.Module):
         self.llama, self.layout = llama, layout
 
     def input_names(self) -> list[str]:
-        return ["token", "position", "key_mask", *self.layout.past(), *self.layout.adapter_names]
+        return ["token", "position", "length", "key_mask", *self.layout.past(), *self.layout.adapter_names]
 
     def output_names(self) -> list[str]:
         return ["logits", *self.layout.present()]
 
-    def forward(self, token, position, key_mask, *rest):
+    def forward(self, token, position, length, key_mask, *rest):
         n_kv = 2 * len(self.layout.kv_layers)
         past, adapters = rest[:n_kv], rest[n_kv:]
-        # the slot this step writes: P, read off a shape so it stays symbolic in the graph
-        state = GrowingState(key_mask=key_mask, length=torch.ones_like(key_mask[0], dtype=torch.long).sum())
         names = [f"{kv}.{i}" for i in self.layout.kv_layers for kv in ("k", "v")]
-        state.update(zip(names, past))
-        state.update(zip(self.layout.adapter_names, adapters))
+        state = {"key_mask": key_mask, "length": length, **dict(zip(names, past)),
+                 **dict(zip(self.layout.adapter_names, adapters))}
         logits, state = self.llama.decode_step(token, position, state)
         return (logits, *(state[n] for n in names))

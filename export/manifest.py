@@ -14,8 +14,9 @@ from eas.model.tokenizer import Tokenizer
 from export.graphs import StateLayout, n_image_tokens, wiring
 from export.onnx_export import GraphSpec
 
-# 2: the task's prompt format; the image section's divisor replaces scale.
-FORMAT, VERSION = "eas-export", 2
+# 2: the task's prompt format; the image section's divisor replaces scale. 3: decode takes K/V
+# buffers of a fixed slot count and the slot to write (length), and returns them written.
+FORMAT, VERSION = "eas-export", 3
 TOKENIZER_FILE = "tokenizer.model"
 
 
@@ -24,7 +25,7 @@ def profiles(max_batch: int, max_seq: int) -> dict[str, list[int]]:
     opt (what TensorRT tunes for): one example, half the context."""
     half = max(1, max_seq // 2)
     return {"batch": [1, 1, max_batch], "images": [1, 1, max_batch], "seq": [1, half, max_seq],
-            "past": [1, half, max_seq - 1], "past+1": [2, half + 1, max_seq]}
+            "slots": [1, half, max_seq]}
 
 
 def sequence_section(model, tok: Tokenizer) -> dict:
@@ -95,9 +96,12 @@ def build_manifest(model, specs: list[GraphSpec], layout: StateLayout, tok: Toke
                   "kv_layers": list(layout.kv_layers)},
         "state": {"kv": {"past": layout.past(), "present": layout.present()},
                   "adapters": list(layout.adapter_names),
-                  "rule": "prefill returns present K/V and the adapter tensors; each decode step takes the "
-                          "previous present K/V as past and the adapter tensors unchanged, and key_mask "
-                          "grows by one visible (true) slot per step"},
+                  "rule": "prefill returns present K/V of its T slots and the adapter tensors; the runtime "
+                          "copies the K/V into zeroed buffers of S slots (S = T + answer length - 1) and "
+                          "key_mask into [B, S] (false past T); decode step n takes the buffers as past, "
+                          "length = T + n (the slot it writes, made visible in key_mask before or after the "
+                          "step) and the adapter tensors unchanged, and returns the buffers with slot length "
+                          "written as present: bind present to past's memory to update them in place"},
         "graphs": {s.name: {"file": s.file, "data_file": s.data_file, "inputs": [t.to_json() for t in s.inputs],
                             "outputs": [t.to_json() for t in s.outputs]} for s in specs},
         "profiles": profiles(max_batch, max_seq),

@@ -4,8 +4,8 @@ Every graph's I/O is declared here first (TensorSpec: name, shape of ints and di
 the exported file is then read back and must declare exactly that, so the manifest written from
 these specs describes the files and not our intentions.
 
-Dim names: batch (examples), images (vision batch), seq (prompt slots), past (filled slots
-before a decode step) and "past+1" (after it).
+Dim names: batch (examples), images (vision batch), seq (prompt slots) and slots (the K/V
+buffers' length at decode, the runtime's choice: prompt + answer).
 
 The exporter is torch.onnx's TorchScript-based one (dynamo=False): on the tiny model it is ~10x
 faster than the dynamo exporter (0.9 s against 15 s for prefill+decode of a 4-layer test model)
@@ -33,8 +33,8 @@ ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "flo
                onnx.TensorProto.INT64: "int64", onnx.TensorProto.BOOL: "bool"}
 # Sizes of the example inputs traced at export: distinct and >= 2, so no dynamic dim is mistaken
 # for a constant or for another dim.
-EXAMPLE_DIMS = {"batch": 2, "images": 2, "seq": 5, "past": 7}
-DIM_NAMES = (*EXAMPLE_DIMS, "past+1")
+EXAMPLE_DIMS = {"batch": 2, "images": 2, "seq": 5, "slots": 7}
+DIM_NAMES = tuple(EXAMPLE_DIMS)
 # Weights above this go to one external file next to the graph (a protobuf holds at most 2 GiB).
 EXTERNAL_DATA_BYTES = 1 << 30
 
@@ -89,9 +89,9 @@ def graph_specs(model: nn.Module) -> tuple[list[GraphSpec], StateLayout]:
     specs.append(GraphSpec(
         "decode", DecodeGraph(llama, layout),
         [TensorSpec("token", ("batch",), "int64"), TensorSpec("position", ("batch",), "int64"),
-         TensorSpec("key_mask", ("batch", "past"), "bool"),
-         *(TensorSpec(n, kv("past"), fdt) for n in layout.past()), *adapters],
-        [logits, *(TensorSpec(n, kv("past+1"), fdt) for n in layout.present())]))
+         TensorSpec("length", (), "int64"), TensorSpec("key_mask", ("batch", "slots"), "bool"),
+         *(TensorSpec(n, kv("slots"), fdt) for n in layout.past()), *adapters],
+        [logits, *(TensorSpec(n, kv("slots"), fdt) for n in layout.present())]))
     for spec in specs:
         names = spec.module.input_names(), spec.module.output_names()
         assert names == ([t.name for t in spec.inputs], [t.name for t in spec.outputs]), (spec.name, names)
@@ -100,8 +100,10 @@ def graph_specs(model: nn.Module) -> tuple[list[GraphSpec], StateLayout]:
 
 def example_inputs(spec: GraphSpec, dims: dict[str, int], vocab: int, gen: torch.Generator) -> list[torch.Tensor]:
     """Valid inputs of the given dim sizes: token ids in the vocabulary, positions counting up to
-    each example's end (left-padded), masks with at least one visible slot per row."""
+    each example's end (left-padded), masks with at least one visible slot per row; a decode step
+    writes slot slots-2 (the last slot stays unfilled), at that position."""
     out = []
+    length = max(0, dims["slots"] - 2)
     for t in spec.inputs:
         shape = tuple(dims[d] if isinstance(d, str) else d for d in t.shape)
         if t.dtype == "bool":
@@ -110,9 +112,10 @@ def example_inputs(spec: GraphSpec, dims: dict[str, int], vocab: int, gen: torch
                 x[:, -1] = True
         elif t.name in ("tokens", "token"):
             x = torch.randint(1, vocab, shape, generator=gen)
-        elif t.name in ("positions", "position"):
-            n = shape[-1] if len(shape) == 2 else dims["past"]
-            x = torch.arange(n).expand(shape[0], n).clone() if len(shape) == 2 else torch.full(shape, n)
+        elif t.name == "positions":
+            x = torch.arange(shape[-1]).expand(shape).clone()
+        elif t.name in ("position", "length"):
+            x = torch.full(shape, length)
         else:
             x = (torch.randn(shape, generator=gen) * (0.02 if t.name == "embeds" else 1.0)).to(getattr(torch, t.dtype))
         out.append(x)

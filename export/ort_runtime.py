@@ -46,3 +46,20 @@ class OrtRuntime(Runtime):
 
     def run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.sessions[graph].run(None, feed)
+
+    def run_into(self, graph: str, feed: dict[str, np.ndarray], into: dict[str, str]) -> dict[str, np.ndarray]:
+        """The outputs in `into` are bound to their inputs' arrays: the decode graph's scatter finds
+        its output in its input's memory and writes only the new slot (no copy of the cache)."""
+        session, bind = self.sessions[graph], self.sessions[graph].io_binding()
+        values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for name, a in feed.items()}
+        for name, value in values.items():
+            bind.bind_ortvalue_input(name, value)
+        rest = [o.name for o in session.get_outputs() if o.name not in into]
+        for name in rest:
+            bind.bind_output(name)
+        for output, name in into.items():
+            if not feed[name].flags.c_contiguous:
+                raise ValueError(f"{graph}: input {name} must be one contiguous array to receive {output}")
+            bind.bind_ortvalue_output(output, values[name])
+        session.run_with_iobinding(bind)
+        return dict(zip(rest, bind.copy_outputs_to_cpu()))  # in the order bound: `rest` first

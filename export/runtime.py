@@ -2,9 +2,9 @@
 
 It reads nothing but the folder, in the order a C++ runtime would: the manifest's layout
 (export/layout.py), the tokenizer file, image preprocessing from the manifest's numbers, then
-embed -> vision (image tokens copied into their slots) -> prefill -> decode steps with past/present
-K/V and the adapter tensors passed through unchanged. A backend only runs one graph on numpy
-arrays (`run`).
+embed -> vision (image tokens copied into their slots) -> prefill -> decode steps on K/V buffers
+of prompt + answer slots (the manifest's state rule), the adapter tensors passed through
+unchanged. A backend only runs one graph on numpy arrays (`run`).
 """
 from __future__ import annotations
 
@@ -82,6 +82,15 @@ class Runtime(ABC):
     def run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The graph's outputs, in manifest order."""
 
+    def run_into(self, graph: str, feed: dict[str, np.ndarray], into: dict[str, str]) -> dict[str, np.ndarray]:
+        """run, with the outputs named in `into` (output -> input of the same shape and dtype)
+        written into that input's array instead of returned: the decode graph's present K/V into
+        its past buffers. This default copies; ONNX Runtime writes them there directly."""
+        out = dict(zip([t["name"] for t in self.manifest["graphs"][graph]["outputs"]], self.run(graph, feed)))
+        for output, name in into.items():
+            np.copyto(feed[name], out.pop(output), casting="no")
+        return out
+
     def generate_layout(self, layout: dict[str, np.ndarray], pixels: np.ndarray | None, max_new_tokens: int
                         ) -> list[list[int]]:
         """The greedy loop of eas.model.generate.generate over the graphs."""
@@ -98,8 +107,14 @@ class Runtime(ABC):
         logits, *state = self.run("prefill", {"embeds": embeds, **{n: layout[n] for n in
                                                                    ("positions", "key_mask", "prompt_mask")}})
         kv = self.manifest["state"]["kv"]
-        past, adapters = state[:len(kv["past"])], dict(zip(self.manifest["state"]["adapters"], state[len(kv["past"]):]))
-        key_mask, first = layout["key_mask"], layout["positions"][:, -1] + 1
+        S = T + max_new_tokens - 1  # the last new token is never fed back
+        past = {name: np.zeros((*p.shape[:2], S, p.shape[3]), p.dtype) for name, p in zip(kv["past"], state)}
+        for buf, p in zip(past.values(), state):
+            buf[:, :, :T] = p
+        adapters = dict(zip(self.manifest["state"]["adapters"], state[len(past):]))
+        key_mask = np.zeros((B, S), dtype=bool)
+        key_mask[:, :T] = layout["key_mask"]
+        first = layout["positions"][:, -1] + 1
         done = [False] * B
         for step in range(max_new_tokens):
             token = logits.argmax(-1)
@@ -110,8 +125,8 @@ class Runtime(ABC):
                         out[b].append(t)
             if all(done) or step == max_new_tokens - 1:
                 break
-            feed = {"token": token.astype(np.int64), "position": first + step, "key_mask": key_mask,
-                    **dict(zip(kv["past"], past)), **adapters}
-            logits, *past = self.run("decode", feed)
-            key_mask = np.concatenate([key_mask, np.ones((B, 1), dtype=bool)], 1)
+            key_mask[:, T + step] = True
+            feed = {"token": token.astype(np.int64), "position": first + step, "length": np.array(T + step),
+                    "key_mask": key_mask, **past, **adapters}
+            logits = self.run_into("decode", feed, dict(zip(kv["present"], kv["past"])))["logits"]
         return out

@@ -21,7 +21,7 @@ from export.layout import prompts_layout
 from export.onnx_export import GraphSpec, example_inputs
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
-RANDOM_DIMS = [{"batch": 1, "images": 1, "seq": 3, "past": 1}, {"batch": 3, "images": 3, "seq": 11, "past": 6}]
+RANDOM_DIMS = [{"batch": 1, "images": 1, "seq": 3, "slots": 1}, {"batch": 3, "images": 3, "seq": 11, "slots": 6}]
 REAL_PROMPTS = [("What is the label for this image?", True), ("Describe the scene.", False)]
 
 
@@ -49,7 +49,7 @@ def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
 def check(spec: GraphSpec, session: ort.InferenceSession, inputs: list[torch.Tensor], which: str,
           tolerance: float, errors: dict[str, float]) -> list[torch.Tensor]:
     """Compare one graph on one input set; record the worst error per output; return PyTorch's outputs."""
-    ref = spec.module(*inputs)
+    ref = spec.module(*[x.clone() for x in inputs])  # the decode step writes its state in place
     ref = list(ref) if isinstance(ref, tuple) else [ref]
     got = session.run(None, {t.name: x.numpy() for t, x in zip(spec.inputs, inputs)})
     for t, g, r in zip(spec.outputs, got, ref):
@@ -79,7 +79,12 @@ def real_inputs(model, specs: dict[str, GraphSpec], tok: Tokenizer, sequence: di
             embeds[lay["image_slots"]] = specs["vision"].module(*out["vision"]).flatten(0, 1)
         out["prefill"] = [embeds, lay["positions"], lay["key_mask"], lay["prompt_mask"]]
         logits, *state = specs["prefill"].module(*out["prefill"])
-    out["decode"] = [logits.argmax(-1), lay["positions"][:, -1] + 1, lay["key_mask"], *state]
+    # the runtime's hand-over: K/V into buffers of T + 2 slots, the step writing slot T
+    n_kv = sum(t.name.startswith("present.") for t in specs["prefill"].outputs)
+    T = lay["key_mask"].shape[1]
+    kv = [torch.cat([x, x.new_zeros(*x.shape[:2], 2, x.shape[3])], 2) for x in state[:n_kv]]
+    key_mask = torch.cat([lay["key_mask"], torch.zeros(len(prompts), 2, dtype=torch.bool)], 1)
+    out["decode"] = [logits.argmax(-1), lay["positions"][:, -1] + 1, torch.tensor(T), key_mask, *kv, *state[n_kv:]]
     return out
 
 

@@ -1,6 +1,7 @@
 """Runtimes a benchmark times, each behind one small interface (a `Session` per model).
 
-    session.prefill(tokens [B, T] int64 numpy) -> first generated token [B]   (greedy)
+    session.prefill(tokens [B, T] int64 numpy, slots) -> first generated token [B]   (greedy;
+                                               the K/V hold `slots` = T + tokens to generate)
     session.decode(token [B], steps)           -> the last token               (greedy, `steps` steps)
     session.kv_bytes()                         -> bytes of the K/V tensors of the state it holds
 
@@ -25,18 +26,18 @@ BACKENDS = ("eager", "compile", "ort", "llama.cpp-f32", "llama.cpp-f16")
 
 
 class Eager:
-    def __init__(self, model, slots: int):
-        self.model, self.slots = model, slots
+    def __init__(self, model):
+        self.model = model
         self.step = model.decode_step
         self.device = model.tok_embeddings.weight.device
         self.state = None
 
     @torch.inference_mode()
-    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+    def prefill(self, tokens: np.ndarray, slots: int) -> np.ndarray:
         t = torch.from_numpy(tokens).to(self.device)
         B, T = t.shape
         self.position = torch.full((B,), T - 1, device=self.device)
-        self.state = self.model.new_state(B, self.slots)
+        self.state = self.model.new_state(B, slots)
         logits, self.state = self.model.prefill(self.model.tok_embeddings(t), torch.arange(T, device=self.device)
                                                 .expand(B, T), torch.ones(B, T, dtype=torch.bool, device=self.device),
                                                 self.state)
@@ -58,10 +59,10 @@ class Eager:
 
 
 class Compiled(Eager):
-    """The decode step compiled once for its fixed shapes; CUDA graphs on a GPU ("reduce-overhead")."""
+    """The decode step compiled once per state size; CUDA graphs on a GPU ("reduce-overhead")."""
 
-    def __init__(self, model, slots: int):
-        super().__init__(model, slots)
+    def __init__(self, model):
+        super().__init__(model)
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         # Every variant compiles the same code object (Llama.decode_step) for its own model: room
         # for all of them, or dynamo silently falls back to eager after the default 8.
@@ -90,7 +91,10 @@ def ort_options(threads: int, level: str = "all", profile: bool = False):
 
 class Ort:
     """The model's exported graphs in ONNX Runtime (CPU provider); exported to a temporary folder,
-    their large weights held once in `shared` (eas/bench/ort_weights.py) for all graphs and variants."""
+    their large weights held once in `shared` (eas/bench/ort_weights.py) for all graphs and variants.
+    Decode runs on one IOBinding made at prefill: every input and output is bound to a numpy buffer
+    the loop updates in place, and each present K/V to its past buffer, so a step writes one slot
+    of the cache instead of copying it (export/graphs.py)."""
 
     def __init__(self, model, threads: int, level: str = "all", profile: bool = False,
                  shared: SharedWeights | None = None):
@@ -106,47 +110,58 @@ class Ort:
                                                                 ["CPUExecutionProvider"])
                 self.held.update(used)
         self.weights = sum(t.array.nbytes for t in self.held)  # distinct weights read, as for eager
-        from onnxruntime import OrtValue
-        self.value = OrtValue.ortvalue_from_numpy  # numpy -> ONNX Runtime value (shares the buffer)
-        self.past: list[OrtValue] = []
+        self.past: list[np.ndarray] = []
 
-    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+    def prefill(self, tokens: np.ndarray, slots: int) -> np.ndarray:
+        from onnxruntime import OrtValue
         B, T = tokens.shape
         embeds = self.sessions["embed"].run(None, {"tokens": tokens})[0]
         mask = np.ones((B, T), dtype=bool)
         logits, *state = self.sessions["prefill"].run(None, {
             "embeds": embeds, "positions": np.broadcast_to(np.arange(T), (B, T)).copy(), "key_mask": mask,
             "prompt_mask": mask})
-        # held as ONNX Runtime values from here on: decode feeds them back without conversions
-        state = [self.value(a) for a in state]
         n = len(self.layout.past())
-        self.past, self.adapters = state[:n], dict(zip(self.layout.adapter_names, state[n:]))
-        self.key_mask, self.position = mask, np.full((B,), T - 1, dtype=np.int64)
+        self.past = [np.zeros((*kv.shape[:2], slots, kv.shape[3]), kv.dtype) for kv in state[:n]]
+        for buf, kv in zip(self.past, state):
+            buf[:, :, :T] = kv
+        self.key_mask = np.zeros((B, slots), dtype=bool)
+        self.key_mask[:, :T] = True
+        self.token, self.position, self.length = np.zeros(B, np.int64), np.full(B, T - 1), np.array(T - 1)
+        self.logits = np.empty_like(logits)
+        bind = self.binding = self.sessions["decode"].io_binding()
+        value = OrtValue.ortvalue_from_numpy  # shares the numpy buffer
+        inputs = {"token": self.token, "position": self.position, "length": self.length, "key_mask": self.key_mask,
+                  **dict(zip(self.layout.past(), self.past)), **dict(zip(self.layout.adapter_names, state[n:]))}
+        self.values = [value(a) for a in (*inputs.values(), self.logits)]  # kept alive with the binding
+        for name, v in zip(inputs, self.values):
+            bind.bind_ortvalue_input(name, v)
+        for name, v in (("logits", self.values[-1]), *zip(self.layout.present(), self.values[4:4 + n])):
+            bind.bind_ortvalue_output(name, v)
         return logits.argmax(-1)
 
     def decode(self, token: np.ndarray, steps: int) -> np.ndarray:
-        """Greedy steps; K/V stay ONNX Runtime values from one step to the next (no numpy round trip)."""
-        value, names, session = self.value, self.layout.past(), self.sessions["decode"]
+        """Greedy steps on the bound buffers (no allocation, conversion or copy of the state)."""
+        run = self.sessions["decode"].run_with_iobinding
         for _ in range(steps):
-            self.position = self.position + 1
-            feed = {"token": value(token.astype(np.int64)), "position": value(self.position),
-                    "key_mask": value(self.key_mask), **dict(zip(names, self.past)), **self.adapters}
-            logits, *self.past = session.run_with_ort_values(None, feed)
-            self.key_mask = np.ones((token.shape[0], self.key_mask.shape[1] + 1), dtype=bool)
-            token = logits.numpy().argmax(-1)
+            self.token[:] = token
+            self.position += 1
+            self.length += 1
+            self.key_mask[:, self.length] = True
+            run(self.binding)
+            token = self.logits.argmax(-1)
         return token
 
     def kv_bytes(self) -> int:
-        return sum(p.numpy().nbytes for p in self.past)
+        return sum(p.nbytes for p in self.past)
 
 
 def session(backend: str, model, slots: int, threads: int, shared: SharedWeights | None = None):
-    """A timed session of `model` on `backend` (llama.cpp: eas.bench.llamacpp); ONNX Runtime
-    sessions given one `shared` hold each distinct weight once."""
+    """A timed session of `model` on `backend` (llama.cpp: eas.bench.llamacpp, its context `slots`
+    long); ONNX Runtime sessions given one `shared` hold each distinct weight once."""
     if backend == "eager":
-        return Eager(model, slots)
+        return Eager(model)
     if backend == "compile":
-        return Compiled(model, slots)
+        return Compiled(model)
     if backend == "ort":
         return Ort(model if model.tok_embeddings.weight.is_cpu else copy.deepcopy(model).cpu(), threads, shared=shared)
     from eas.bench.llamacpp import LlamaCpp

@@ -37,8 +37,8 @@ FLOPs for prefill, bytes moved (weights + K/V) for decode. *floor* = base with t
 and no adapters. Peak MB = the distinct weights the session reads (ONNX Runtime: one copy shared
 by its graphs and by the variants, eas/bench/ort_weights.py, not counting the per-graph copies its
 MatMul pre-packing makes; llama.cpp: the GGUF file) plus the process's peak resident growth during
-its run. KV-cache MB: measured from the state tensors (eager, compile: preallocated for prompt +
-generated slots; ONNX Runtime: the present tensors after the run; llama.cpp: slots filled).
+its run. KV-cache MB: measured from the state tensors (eager, compile, ONNX Runtime: buffers
+preallocated for prompt + generated slots, written in place; llama.cpp: slots filled).
 Not measured here: TensorRT engines need a GPU (`export/trt_runtime.py`; none on this machine);
 the C++ ONNX Runtime app (`export/cpp`) is not timed by this command; `torch.compile` with CUDA
 graphs runs only on a GPU (`--backends compile` there)."""
@@ -175,7 +175,7 @@ def profiles(base, cell: Cell, backends, threads: int) -> list[str]:
     tokens = np.random.default_rng(0).integers(3, base.cfg.vocab_size, (cell.batch, cell.prompt))
     lines = [f"### Where base decode time goes (16 steps after a {cell.prompt}-token prompt, batch {cell.batch})", ""]
     lines += profile.table("PyTorch eager (torch.profiler, self CPU time):",
-                           profile.torch_ops(Eager(base, cell.prompt + 17), tokens, 16))
+                           profile.torch_ops(Eager(base), tokens, 16))
     if "ort" in backends:
         lines += profile.table("ONNX Runtime (its profiler, kernel time by operator type):",
                                profile.ort_ops(base, tokens, 16, threads))

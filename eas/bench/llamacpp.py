@@ -135,7 +135,8 @@ class LlamaCpp:
                                f"(tolerance {TOLERANCE[dtype]}): the GGUF conversion is wrong")
         return err
 
-    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+    def prefill(self, tokens: np.ndarray, slots: int) -> np.ndarray:
+        """`slots` is llama.cpp's own business: it allocates the context given at construction."""
         if tokens.shape[0] != 1:
             raise UsageError("the llama.cpp reference runs batch 1 only")
         self.n_prompt = tokens.shape[1]

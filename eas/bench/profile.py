@@ -14,7 +14,7 @@ import numpy as np
 
 def torch_ops(session, tokens: np.ndarray, steps: int, top: int = 6) -> list[tuple[str, float, float]]:
     from torch.profiler import profile
-    first = session.prefill(tokens)
+    first = session.prefill(tokens, tokens.shape[1] + steps + 1)
     with profile() as prof:
         session.decode(first, steps)
     events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
@@ -26,7 +26,7 @@ def ort_ops(model, tokens: np.ndarray, steps: int, threads: int, top: int = 6) -
     """A fresh ORT session with profiling on; its JSON trace summed by operator type."""
     from eas.bench.backends import Ort
     session = Ort(model, threads, profile=True)
-    session.decode(session.prefill(tokens), steps)  # the decode graph runs only here
+    session.decode(session.prefill(tokens, tokens.shape[1] + steps + 1), steps)  # the decode graph runs only here
     decode = session.sessions["decode"]
     path = Path(decode.end_profiling())
     ops = Counter()

@@ -72,7 +72,7 @@ def _reset_peak() -> int | None:
 def run_once(session, tokens: np.ndarray, generated: int, measure_memory: bool) -> tuple[float, float, int]:
     before = _reset_peak() if measure_memory else None
     t0 = time.perf_counter()
-    first = session.prefill(tokens)
+    first = session.prefill(tokens, tokens.shape[1] + generated)
     t1 = time.perf_counter()
     if generated > 1:
         session.decode(first, generated - 1)
@@ -86,7 +86,7 @@ def _timed_round(sessions: dict, turn: list, tokens: np.ndarray, steps: int, chu
     token, spent = {}, dict.fromkeys(turn, 0.0)
     for key in turn:
         t0 = time.perf_counter()
-        token[key] = sessions[key].prefill(tokens)
+        token[key] = sessions[key].prefill(tokens, tokens.shape[1] + steps + 1)
         timings[key].prefill_s.append(time.perf_counter() - t0)
     for start in range(0, steps, chunk):
         for key in turn:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from eas.model.config import LlamaConfig
-from eas.model.state import State, advance, new_state, write_keys, write_kv
+from eas.model.state import State, advance, new_state, tracing, write_keys, write_kv
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -58,13 +58,6 @@ def rope_tables(head_dim: int, n_positions: int, theta: float, device=None,
         freqs = llama3_frequencies(freqs, scaling)
     angles = torch.outer(torch.arange(n_positions, device=device, dtype=torch.float64), freqs)
     return angles.cos().float(), angles.sin().float()
-
-
-def tracing() -> bool:
-    """In a trace (the ONNX export traces the model), where graph-friendly forms of the same math
-    are used. torch.jit.is_tracing costs ~0.1 µs; torch.onnx.is_in_onnx_export ~1.4 µs, and the
-    eager decode step asks 4 times per layer."""
-    return torch.jit.is_tracing()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

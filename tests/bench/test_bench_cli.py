@@ -68,7 +68,7 @@ def test_run_again_replaces_only_its_section(tmp_path):
 
 
 def _greedy(session, tokens, steps):
-    first = session.prefill(tokens)
+    first = session.prefill(tokens, tokens.shape[1] + steps + 1)
     return first, session.decode(first, steps)
 
 
@@ -79,8 +79,14 @@ def test_ort_decodes_the_same_tokens_as_eager_and_holds_each_shared_weight_once(
     shared, sessions = SharedWeights(), {}
     for kind, model in models.items():
         sessions[kind] = Ort(model, 1, shared=shared)
-        eager, ort = _greedy(Eager(model, 12), tokens, 4), _greedy(sessions[kind], tokens, 4)
+        eager_session = Eager(model)
+        eager, ort = _greedy(eager_session, tokens, 4), _greedy(sessions[kind], tokens, 4)
         assert all((a == b).all() for a, b in zip(eager, ort))
+        # the bound buffers are the cache, written in place: 11 slots, 0..9 filled, as eager's state
+        for name, buf in zip(sessions[kind].layout.past(), sessions[kind].past):
+            ref = eager_session.state[name[5:]].numpy()
+            assert buf.shape == ref.shape and np.abs(buf - ref).max() < 1e-4
+            assert buf[:, :, 9].any() and not buf[:, :, 10:].any()
         # the prefill and decode graphs read one copy: the weights counted are the model's own
         big = [p for p in model.parameters() if p.numel() * 4 >= MIN_SHARED_BYTES]
         assert sessions[kind].weights == sum(p.numel() * 4 for p in big)
@@ -92,7 +98,7 @@ def test_ort_decodes_the_same_tokens_as_eager_and_holds_each_shared_weight_once(
     del sessions, held
     assert len(shared.pool) == 0  # the pool holds nothing its sessions no longer need
     unpacked = Ort(models["static"], 1, shared=SharedWeights(prepack=False))  # what a 7B-width run uses
-    assert all((a == b).all() for a, b in zip(_greedy(unpacked, tokens, 4), _greedy(Eager(models["static"], 12),
+    assert all((a == b).all() for a, b in zip(_greedy(unpacked, tokens, 4), _greedy(Eager(models["static"]),
                                                                                       tokens, 4)))
 
 
@@ -104,7 +110,7 @@ def test_weights_in_an_external_data_file_are_read_one_tensor_at_a_time(monkeypa
     tokens = np.random.default_rng(1).integers(3, cfg.vocab_size, (1, 5))
     ort = Ort(model, 1)
     assert ort.weights == sum(p.numel() * 4 for p in model.parameters() if p.numel() * 4 >= MIN_SHARED_BYTES)
-    assert all((a == b).all() for a, b in zip(_greedy(ort, tokens, 3), _greedy(Eager(model, 9), tokens, 3)))
+    assert all((a == b).all() for a, b in zip(_greedy(ort, tokens, 3), _greedy(Eager(model), tokens, 3)))
 
 
 def test_prepacking_is_refused_when_its_copies_would_not_fit():
@@ -119,7 +125,7 @@ def test_llama_cpp_reads_our_weights():
     ref = LlamaCpp(model, 32, 1, "f32")  # refuses to build if its logits differ from ours
     assert ref.error < 1e-3
     tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (1, 6))
-    assert [x.tolist() for x in _greedy(ref, tokens, 4)] == [x.tolist() for x in _greedy(Eager(model, 12), tokens, 4)]
+    assert [x.tolist() for x in _greedy(ref, tokens, 4)] == [x.tolist() for x in _greedy(Eager(model), tokens, 4)]
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
@@ -156,7 +162,7 @@ class FakeSession:
     def __init__(self, key, log):
         self.key, self.log = key, log
 
-    def prefill(self, tokens):
+    def prefill(self, tokens, slots):
         self.log.append(("prefill", self.key))
         return tokens[:, -1]
 

@@ -59,28 +59,31 @@ def test_decode_graph_carries_kv_of_kept_layers_only(kind, mode):
     assert adapters <= {t["name"] for t in decode["inputs"]}
 
 
-def test_decode_graph_grows_the_kv_by_one_slot_and_writes_the_new_keys_there():
-    """Against the model's own state: past K/V come back unchanged in slots 0..P-1, slot P holds
-    what PyTorch's decode_step wrote."""
+def test_decode_graph_writes_slot_length_of_the_kv_buffers_and_nothing_else():
+    """Against the model's own state: the buffers come back unchanged except slot `length`, which
+    holds what PyTorch's decode_step wrote; the unfilled slot after it stays zero."""
     folder = exported("text", "dynamic")
     model = load_merged(folder.parent / "merged.pt")
     gen = torch.Generator().manual_seed(3)
     tokens = torch.randint(1, 400, (2, 6), generator=gen)
-    state = model.new_state(2, 7)
+    state = model.new_state(2, 8)
     with torch.no_grad():
         _, state = model.prefill(model.tok_embeddings(tokens), torch.arange(6).expand(2, 6), torch.ones(2, 6, dtype=torch.bool), state)
         before = {k: v.clone() for k, v in state.items()}
         ref_logits, state = model.decode_step(torch.tensor([5, 9]), torch.tensor([6, 6]), state)
     manifest = json.loads((folder / "manifest.json").read_text())
-    feed = {"token": np.array([5, 9]), "position": np.array([6, 6]), "key_mask": np.ones((2, 6), dtype=bool),
-            **{f"past.{n}": before[n][:, :, :6].numpy() for n in (p[5:] for p in manifest["state"]["kv"]["past"])},
+    kv = [p[5:] for p in manifest["state"]["kv"]["past"]]
+    feed = {"token": np.array([5, 9]), "position": np.array([6, 6]), "length": np.array(6),
+            "key_mask": before["key_mask"].numpy(), **{f"past.{n}": before[n].numpy() for n in kv},
             **{n: before[n].numpy() for n in manifest["state"]["adapters"]}}
     session = ort.InferenceSession(str(folder / "decode.onnx"), providers=["CPUExecutionProvider"])
     logits, *present = session.run(None, feed)
     assert rel_err(torch.from_numpy(logits), ref_logits) < 1e-5
-    for name, kv in zip(manifest["state"]["kv"]["present"], present):
-        assert kv.shape[2] == 7
-        assert rel_err(torch.from_numpy(kv), state[name[8:]]) < 1e-5
+    for name, got in zip(kv, present):
+        assert got.shape[2] == 8
+        assert np.array_equal(np.delete(got, 6, 2), np.delete(before[name].numpy(), 6, 2))
+        assert not state[name][:, :, 7].any() and state[name][:, :, 6].abs().sum() > 0
+        assert rel_err(torch.from_numpy(got[:, :, 6]), state[name][:, :, 6]) < 1e-5
 
 
 def test_a_wrong_graph_stops_the_export_naming_the_tensor(tmp_path, monkeypatch):

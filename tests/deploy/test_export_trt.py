@@ -43,7 +43,7 @@ def test_the_export_writes_engines_into_the_manifest(tmp_path):
     assert set(manifest["engines"]["graphs"]) == {"embed", "prefill", "decode"}
     for entry in manifest["engines"]["graphs"].values():
         assert (tmp_path / "out" / entry["file"]).stat().st_size > 100_000
-    assert manifest["engines"]["graphs"]["decode"]["profile"]["past.k.1"] == [[1, 2, 1, 16], [1, 2, 20, 16], [3, 2, 39, 16]]
+    assert manifest["engines"]["graphs"]["decode"]["profile"]["past.k.1"] == [[1, 2, 1, 16], [1, 2, 20, 16], [3, 2, 40, 16]]
     assert load_manifest(tmp_path / "out") == manifest
 
 

@@ -15,6 +15,7 @@ import run
 from eas.io.merged import load_merged
 from eas.model.image import load_image
 from eas.model.tokenizer import Tokenizer
+from export.manifest import VERSION
 from export.pipeline import export_model
 from export_fixtures import exported
 
@@ -108,8 +109,8 @@ def test_bad_export_folders_are_named(tmp_path, capsys):
     assert f"graph {no_graph / 'decode.onnx'} named by the manifest does not exist" in fails(
         capsys, "--engine", str(no_graph))
     old = copy_with(tmp_path / "d", lambda f: (f / "manifest.json").write_text(
-        (f / "manifest.json").read_text().replace('"version": 2', '"version": 1')))
-    assert "is not a eas-export version 2 manifest" in fails(capsys, "--engine", str(old))
+        (f / "manifest.json").read_text().replace(f'"version": {VERSION}', f'"version": {VERSION - 1}')))
+    assert f"is not a eas-export version {VERSION} manifest" in fails(capsys, "--engine", str(old))
 
 
 def test_flags_that_do_not_go_with_an_export_folder(tmp_path, capsys):

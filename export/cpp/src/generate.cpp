@@ -30,6 +30,17 @@ Tensor take(Tensors& outputs, const std::string& graph, const std::string& name)
     return std::move(it->second);
 }
 
+// present K/V [B, H, T, D] from prefill -> a zeroed buffer of S >= T slots holding it in slots 0..T-1
+Tensor pad_slots(const Tensor& kv, int64_t S) {
+    const int64_t T = kv.shape.at(2);
+    Tensor out(kv.dtype, {kv.shape[0], kv.shape[1], S, kv.shape[3]});
+    const size_t row = kv.bytes.size() / static_cast<size_t>(kv.shape[0] * kv.shape[1]);  // T slots of one head
+    const size_t out_row = row / static_cast<size_t>(T) * static_cast<size_t>(S);
+    for (int64_t bh = 0; bh < kv.shape[0] * kv.shape[1]; ++bh)
+        std::memcpy(out.bytes.data() + bh * out_row, kv.bytes.data() + bh * row, row);
+    return out;
+}
+
 int64_t argmax(const Tensor& logits) {  // the first of equal maxima, as numpy's argmax
     int64_t best = 0;
     float best_value = logits.get_float(0);
@@ -94,27 +105,36 @@ std::vector<int64_t> generate(Runtime& runtime, const Manifest& manifest, const 
                       {"prompt_mask", bool_tensor(layout.prompt_mask, {1, T})}};
     Tensors result = runtime.run("prefill", feed(manifest, "prefill", available));
 
+    // the manifest's state rule: K/V buffers of S slots, slot T + step written by decode step `step`
+    const int64_t S = T + max_new_tokens - 1;
     Tensors past, adapters;  // by decode input name
-    for (size_t i = 0; i < manifest.past.size(); ++i) past[manifest.past[i]] = take(result, "prefill", manifest.present[i]);
+    for (size_t i = 0; i < manifest.past.size(); ++i)
+        past[manifest.past[i]] = pad_slots(take(result, "prefill", manifest.present[i]), S);
     for (const std::string& name : manifest.adapters) adapters[name] = take(result, "prefill", name);
     Tensor logits = take(result, "prefill", "logits");
 
+    std::map<std::string, std::string> into;  // each present K/V is written into its past buffer
+    for (size_t i = 0; i < manifest.past.size(); ++i) into[manifest.present[i]] = manifest.past[i];
+
     std::vector<bool> key_mask = layout.key_mask;
+    key_mask.resize(static_cast<size_t>(S), false);
     const int64_t first_position = layout.positions.back() + 1;
     for (int step = 0; step < max_new_tokens; ++step) {
         const int64_t token = argmax(logits);
         if (token == manifest.eos_id) break;
         out.push_back(token);
         if (step == max_new_tokens - 1) break;
+        key_mask[static_cast<size_t>(T + step)] = true;
         Tensors step_in = adapters;  // small (a few numbers per example) and the same for every step
         for (auto& [name, kv] : past) step_in[name] = std::move(kv);
         step_in["token"] = int64_tensor({token}, {1});
         step_in["position"] = int64_tensor({first_position + step}, {1});
-        step_in["key_mask"] = bool_tensor(key_mask, {1, static_cast<int64_t>(key_mask.size())});
-        result = runtime.run("decode", feed(manifest, "decode", step_in));
-        for (size_t i = 0; i < manifest.past.size(); ++i) past[manifest.past[i]] = take(result, "decode", manifest.present[i]);
+        step_in["length"] = int64_tensor({T + step}, {});
+        step_in["key_mask"] = bool_tensor(key_mask, {1, S});
+        Tensors fed = feed(manifest, "decode", step_in);
+        result = runtime.run_into("decode", fed, into);
+        for (const std::string& name : manifest.past) past[name] = std::move(fed.at(name));
         logits = take(result, "decode", "logits");
-        key_mask.push_back(true);
     }
     return out;
 }

@@ -1,7 +1,8 @@
 // Greedy generation over the export's graphs, as export/ort_runtime.py does it at batch 1:
-// embed -> (vision, image tokens copied into their slots) -> prefill -> decode steps. Each step
-// feeds the previous step's present K/V as past, the prefill's adapter tensors unchanged, and a
-// key_mask one visible slot longer. Stops at EOS (not returned) or after max_new_tokens.
+// embed -> (vision, image tokens copied into their slots) -> prefill -> decode steps. The prefill's
+// K/V go into buffers of prompt + answer slots; each step feeds the previous step's present K/V as
+// past, the slot it writes (length), the key_mask of the filled slots and the prefill's adapter
+// tensors unchanged. Stops at EOS (not returned) or after max_new_tokens.
 #pragma once
 
 #include <cstdint>

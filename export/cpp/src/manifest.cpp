@@ -12,7 +12,7 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kFormat = "eas-export";
-constexpr int kVersion = 2;
+constexpr int kVersion = 3;
 
 // Looks keys up by dotted path and names the file and the key in every error.
 class Reader {

@@ -44,28 +44,52 @@ public:
     }
 
     Tensors run(const std::string& graph_name, const Tensors& inputs) override {
+        return execute(graph_name, inputs, {});
+    }
+
+    // The outputs in `into` are pre-allocated on their inputs' buffers: the decode graph's scatter
+    // sees its output in its input's memory and writes only the new slot (no copy of the cache).
+    Tensors run_into(const std::string& graph_name, Tensors& inputs, const std::map<std::string, std::string>& into) override {
+        std::map<std::string, Tensor*> targets;
+        for (const auto& [output, input] : into) {
+            auto it = inputs.find(input);
+            if (it == inputs.end()) throw RuntimeFailure("graph " + graph_name + ": no input " + input + " for " + output);
+            targets[output] = &it->second;
+        }
+        return execute(graph_name, inputs, targets);
+    }
+
+private:
+    static Ort::Value wrap(Tensor& t) {  // ORT reads (or, as an output, writes) the tensor's own buffer
+        static const auto memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+        return Ort::Value::CreateTensor(memory, t.bytes.data(), t.bytes.size(), t.shape.data(), t.shape.size(),
+                                        onnx_type(t.dtype));
+    }
+
+    Tensors execute(const std::string& graph_name, const Tensors& inputs, const std::map<std::string, Tensor*>& targets) {
         Graph& graph = graphs_.at(graph_name);
-        const auto memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-        std::vector<Ort::Value> values;
+        std::vector<Ort::Value> values, results;
         std::vector<const char*> input_names, output_names;
         for (const std::string& name : graph.inputs) {
             auto it = inputs.find(name);
             if (it == inputs.end()) throw RuntimeFailure("graph " + graph_name + " needs input " + name + ", not given");
-            Tensor& t = const_cast<Tensor&>(it->second);  // ORT wraps the buffer and only reads it
-            values.push_back(Ort::Value::CreateTensor(memory, t.bytes.data(), t.bytes.size(), t.shape.data(),
-                                                      t.shape.size(), onnx_type(t.dtype)));
+            values.push_back(wrap(const_cast<Tensor&>(it->second)));  // only read, unless also a target
             input_names.push_back(name.c_str());
         }
-        for (const std::string& name : graph.outputs) output_names.push_back(name.c_str());
-        std::vector<Ort::Value> results;
+        for (const std::string& name : graph.outputs) {
+            auto it = targets.find(name);
+            results.push_back(it == targets.end() ? Ort::Value{nullptr} : wrap(*it->second));
+            output_names.push_back(name.c_str());
+        }
         try {
-            results = graph.session->Run(Ort::RunOptions{nullptr}, input_names.data(), values.data(), values.size(),
-                                         output_names.data(), output_names.size());
+            graph.session->Run(Ort::RunOptions{nullptr}, input_names.data(), values.data(), values.size(),
+                               output_names.data(), results.data(), results.size());
         } catch (const Ort::Exception& e) {
             throw RuntimeFailure("onnxruntime: graph " + graph_name + ": " + e.what());
         }
         Tensors out;
         for (size_t i = 0; i < results.size(); ++i) {
+            if (targets.count(graph.outputs[i])) continue;  // written in place
             const auto info = results[i].GetTensorTypeAndShapeInfo();
             Tensor t(from_onnx_type(info.GetElementType(), graph_name + " output " + graph.outputs[i]), info.GetShape());
             std::memcpy(t.bytes.data(), results[i].GetTensorRawData(), t.bytes.size());
@@ -74,7 +98,6 @@ public:
         return out;
     }
 
-private:
     Graph open(const Manifest& manifest, const std::string& name, const GraphSpec& spec) {
         const std::string path = manifest.file_path(spec.file);
         if (!std::filesystem::is_regular_file(path))

@@ -18,6 +18,10 @@ class Runtime {
 public:
     virtual ~Runtime() = default;
     virtual Tensors run(const std::string& graph, const Tensors& inputs) = 0;
+    // run, with the outputs named in `into` (output -> input of the same shape and dtype) written
+    // into that input's tensor instead of returned: the decode graph's present K/V into its past
+    // buffers. This default copies; ONNX Runtime writes them there directly (an in-place update).
+    virtual Tensors run_into(const std::string& graph, Tensors& inputs, const std::map<std::string, std::string>& into);
 };
 
 // backend "ort" or "trt"; "trt" in a build without TensorRT is an InputError that says so
