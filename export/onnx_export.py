@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from eas.adapters.attach import llama_of
+from export.external_data import ExternalData
 from export.symbolics import export_symbolics
 from export.graphs import (DecodeGraph, EmbedGraph, PrefillGraph, StateLayout, VisionGraph, n_image_tokens,
                            state_layout, wiring)
@@ -35,7 +36,8 @@ ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "flo
 # for a constant or for another dim.
 EXAMPLE_DIMS = {"batch": 2, "images": 2, "seq": 5, "slots": 7}
 DIM_NAMES = tuple(EXAMPLE_DIMS)
-# Weights above this go to one external file next to the graph (a protobuf holds at most 2 GiB).
+# A graph with more weights than this keeps them in an external data file (a protobuf holds at
+# most 2 GiB): the export folder's one shared file (export/external_data.py).
 EXTERNAL_DATA_BYTES = 1 << 30
 
 
@@ -122,14 +124,15 @@ def example_inputs(spec: GraphSpec, dims: dict[str, int], vocab: int, gen: torch
     return out
 
 
-def export_graph(spec: GraphSpec, path: Path, vocab: int) -> None:
-    """Trace spec.module on example inputs and write path (and path.data for large weights); the
-    file's I/O must match the spec."""
+def export_graph(spec: GraphSpec, path: Path, vocab: int, data: ExternalData | None = None) -> None:
+    """Trace spec.module on example inputs and write path; a graph with large weights puts them
+    in `data`, the folder's shared external data file (default: its own, path.data). The file's
+    I/O must match the spec."""
     gen = torch.Generator().manual_seed(0)
     args = tuple(example_inputs(spec, EXAMPLE_DIMS, vocab, gen))
     axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs + spec.outputs}
     # The exporter writes a model over 2 GiB as one file per tensor beside the graph, named after
-    # the tensor, so each graph is staged alone and saved again as graph + one data file.
+    # the tensor, so each graph is staged alone and saved again as graph + the data file.
     staging = path.parent / f".{path.name}.staging"
     staging.mkdir()
     try:
@@ -144,10 +147,12 @@ def export_graph(spec: GraphSpec, path: Path, vocab: int) -> None:
         shutil.rmtree(staging)
     restore_unused_inputs(proto, spec)
     check_io(proto, spec)
-    weights = sum(len(t.raw_data) for t in proto.graph.initializer)
-    spec.data_file = f"{path.name}.data" if weights > EXTERNAL_DATA_BYTES else None
-    onnx.save(proto, str(path), save_as_external_data=spec.data_file is not None, all_tensors_to_one_file=True,
-              location=spec.data_file)
+    spec.data_file = None
+    if sum(len(t.raw_data) for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES:
+        data = data or ExternalData(path.parent / f"{path.name}.data")
+        data.move_out(proto)
+        spec.data_file = data.path.name
+    onnx.save(proto, str(path))
 
 
 def restore_unused_inputs(proto: onnx.ModelProto, spec: GraphSpec) -> None:

@@ -20,6 +20,7 @@ from eas.errors import TokenizerError, UsageError
 from eas.io.merged import load_merged
 from eas.model.tokenizer import Tokenizer
 from export.manifest import FORMAT, TOKENIZER_FILE, build_manifest
+from export.external_data import FILE as WEIGHTS_FILE, ExternalData
 from export.onnx_export import export_graph, graph_specs
 from export.trt_build import INSTALL_HINT, build_engines, tensorrt_module
 from export.verify import verify
@@ -91,8 +92,9 @@ def export_model(merged: Path, out: Path, dtype: str = "fp32", max_batch: int = 
     work.chmod(0o777 & ~umask)  # mkdtemp's 0700 would become the export's permissions
     try:
         specs, layout = graph_specs(model)
+        data = ExternalData(work / WEIGHTS_FILE)  # one copy of each weight for all large graphs
         for spec in specs:
-            export_graph(spec, work / spec.file, cfg.vocab_size)
+            export_graph(spec, work / spec.file, cfg.vocab_size, data)
         log(f"exported {', '.join(s.file for s in specs)} in {time.perf_counter() - start:.1f} s")
         shutil.copyfile(tok.path, work / TOKENIZER_FILE)
         manifest = build_manifest(model, specs, layout, tok, dtype, max_batch, max_seq, str(merged))

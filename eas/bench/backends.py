@@ -98,14 +98,16 @@ class Ort:
 
     def __init__(self, model, threads: int, level: str = "all", profile: bool = False,
                  shared: SharedWeights | None = None):
+        from export.external_data import FILE, ExternalData
         from export.onnx_export import export_graph, graph_specs
         specs, self.layout = graph_specs(model)
         shared = shared if shared is not None else SharedWeights()
         self.sessions, self.held = {}, set()  # held: the pooled tensors its graphs read
         with tempfile.TemporaryDirectory(prefix="eas-bench-ort-") as tmp:
+            data = ExternalData(Path(tmp) / FILE)  # large graphs: their weights written once
             for spec in specs:
                 path = Path(tmp) / spec.file
-                export_graph(spec, path, model.cfg.vocab_size)
+                export_graph(spec, path, model.cfg.vocab_size, data)
                 self.sessions[spec.name], used = shared.session(path, ort_options(threads, level, profile),
                                                                 ["CPUExecutionProvider"])
                 self.held.update(used)

@@ -91,8 +91,8 @@ def test_a_wrong_graph_stops_the_export_naming_the_tensor(tmp_path, monkeypatch)
     merged = make_merged(tmp_path / "m", tok, "text", "static")
     real_export = pipeline.export_graph
 
-    def corrupted(spec, path, vocab):
-        real_export(spec, path, vocab)
+    def corrupted(spec, path, vocab, data):
+        real_export(spec, path, vocab, data)
         if spec.name == "decode":  # scale the LM head: only the logits go wrong
             proto = onnx.load(str(path))
             head = next(t for t in proto.graph.initializer if list(t.dims) == [64, 400])
@@ -195,17 +195,26 @@ def test_fp16_graphs_keep_norms_and_softmax_in_fp32_and_match_within_1e_2(kind, 
     assert rel_err(torch.from_numpy(logits.astype(np.float32)), ref) < 1e-2
 
 
-def test_large_weights_go_to_one_data_file_per_graph(tmp_path, monkeypatch):
-    """What a >1 GiB model (LaVIN-7B) gets, forced on a small one: graph + one .data file, verified."""
+def test_large_weights_go_to_one_shared_data_file_each_tensor_once(tmp_path, monkeypatch):
+    """What a >1 GiB model (LaVIN-7B) gets, forced on a small one: graphs + one weights.data that
+    holds each distinct tensor once (prefill and decode share the weights), verified."""
     from export import onnx_export
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
     merged = exported("text", "dynamic").parent / "merged.pt"
     manifest = pipeline.export_model(merged, tmp_path / "out", onnx_only=True, log=lambda line: None)
-    files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == sorted(["manifest.json", "tokenizer.model", *(f"{g}.onnx{ext}" for g in ("embed", "prefill", "decode")
-                                                                   for ext in ("", ".data"))])
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", "tokenizer.model", "weights.data",
+                                                            *(f"{g}.onnx" for g in ("embed", "prefill", "decode"))])
+    assert {g["data_file"] for g in manifest["graphs"].values()} == {"weights.data"}
+    refs = {}  # (offset, length) -> the graphs pointing there
     for name, graph in manifest["graphs"].items():
-        assert graph["data_file"] == f"{name}.onnx.data"
-        size = {f: (tmp_path / "out" / graph[f]).stat().st_size for f in ("file", "data_file")}
-        assert size["data_file"] > 3 * size["file"]  # the weights left the graph file
+        proto = onnx.load(str(out / graph["file"]), load_external_data=False)
+        for t in proto.graph.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in t.external_data}
+                refs.setdefault((int(info["offset"]), int(info["length"])), set()).add(name)
+        assert (out / graph["file"]).stat().st_size * 3 < (out / "weights.data").stat().st_size
+    assert any(graphs == {"prefill", "decode"} for graphs in refs.values())  # the layers' weights
+    assert any(graphs == {"embed", "decode"} for graphs in refs.values())  # the embedding table
+    assert (out / "weights.data").stat().st_size < sum(length for _, length in refs) * 1.1  # once each, little padding
     assert max(max(e.values()) for e in manifest["verification"].values()) <= 1e-4

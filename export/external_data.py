@@ -1,0 +1,48 @@
+"""One external data file for all the large graphs of an export folder.
+
+The prefill and decode graphs of a model hold the same weights (and embed and decode the same
+embedding table); saved one data file per graph, a LLaMA-7B export kept them twice on disk. Here
+each distinct tensor (dtype, shape and bytes) is written once and every graph that has it points
+at the same offset. ONNX Runtime and TensorRT's parser resolve a graph's external data by file
+name, offset and length relative to the graph, so graphs sharing one file need nothing else.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import onnx
+
+FILE = "weights.data"
+MIN_BYTES = 1024  # smaller tensors (norm gains, shape constants) stay in the graph (onnx's default)
+# Tensors of 1 MiB and more start at a multiple of 64 KiB (the largest allocation granularity,
+# Windows'), so a runtime can map them from the file instead of reading them (onnx's own rule).
+ALIGN_BYTES, ALIGNMENT = 1 << 20, 1 << 16
+
+
+class ExternalData:
+    def __init__(self, path: Path):
+        self.path = path
+        self.offsets: dict[tuple, int] = {}
+        self.size = path.stat().st_size if path.exists() else 0
+
+    def move_out(self, proto: onnx.ModelProto) -> None:
+        """Put the proto's large initializers into the file (once per distinct tensor) and point
+        the graph at them; the caller saves the proto."""
+        with open(self.path, "ab") as f:
+            for t in proto.graph.initializer:
+                if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) < MIN_BYTES:
+                    continue
+                data = t.raw_data
+                key = (t.data_type, tuple(t.dims), hashlib.blake2b(data).digest())
+                if key not in self.offsets:
+                    pad = -self.size % ALIGNMENT if len(data) >= ALIGN_BYTES else 0
+                    f.write(b"\0" * pad + data)
+                    self.offsets[key] = self.size + pad
+                    self.size += pad + len(data)
+                t.ClearField("raw_data")
+                t.data_location = onnx.TensorProto.EXTERNAL
+                del t.external_data[:]
+                for k, v in (("location", self.path.name), ("offset", str(self.offsets[key])), ("length", str(len(data)))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = k, v
