@@ -1,7 +1,9 @@
 """One external data file for all the large graphs of an export folder.
 
 The prefill and decode graphs of a model hold the same weights (and embed and decode the same
-embedding table); saved one data file per graph, a LLaMA-7B export kept them twice on disk. Here
+embedding table, where the embed graph is large enough to go external too: not at LLaMA-7B, whose
+table stays inline in embed.onnx); saved one data file per graph, a LLaMA-7B export kept its
+layers twice on disk. Here
 each distinct tensor (dtype, shape and bytes) is written once and every graph that has it points
 at the same offset. ONNX Runtime and TensorRT's parser resolve a graph's external data by file
 name, offset and length relative to the graph, so graphs sharing one file need nothing else.

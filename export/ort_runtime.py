@@ -51,7 +51,7 @@ class OrtRuntime(Runtime):
         """The outputs in `into` are bound to their inputs' arrays: the decode graph's scatter finds
         its output in its input's memory and writes only the new slot (no copy of the cache)."""
         session, bind = self.sessions[graph], self.sessions[graph].io_binding()
-        values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for name, a in feed.items()}
+        values = {name: ort.OrtValue.ortvalue_from_numpy(np.require(a, requirements="C")) for name, a in feed.items()}
         for name, value in values.items():
             bind.bind_ortvalue_input(name, value)
         rest = [o.name for o in session.get_outputs() if o.name not in into]
@@ -62,4 +62,6 @@ class OrtRuntime(Runtime):
                 raise ValueError(f"{graph}: input {name} must be one contiguous array to receive {output}")
             bind.bind_ortvalue_output(output, values[name])
         session.run_with_iobinding(bind)
-        return dict(zip(rest, bind.copy_outputs_to_cpu()))  # in the order bound: `rest` first
+        # outputs in the order bound, `rest` first; only those are converted (copy_outputs_to_cpu
+        # would copy the whole cache too)
+        return {name: value.numpy() for name, value in zip(rest, bind.get_outputs())}

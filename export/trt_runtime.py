@@ -55,7 +55,7 @@ class TrtRuntime(Runtime):
         context, engine = self.contexts[graph], self.engines[graph]
         keep = []
         for t in self.manifest["graphs"][graph]["inputs"]:
-            x = torch.from_numpy(np.ascontiguousarray(feed[t["name"]])).to(
+            x = torch.from_numpy(np.require(feed[t["name"]], requirements="C")).to(  # keeps 0-d
                 "cuda", torch_dtype(self.trt, engine.get_tensor_dtype(t["name"])))
             context.set_input_shape(t["name"], tuple(x.shape))
             context.set_tensor_address(t["name"], x.data_ptr())

@@ -101,3 +101,24 @@ def test_limits_of_the_export_are_refused():
         runtime.generate(["word " * 60], [None], 100)
     with pytest.raises(UsageError, match="exceeds the export's --max-batch 4"):
         runtime.generate(["a"] * 5, [None] * 5, 2)
+
+
+def test_run_into_writes_present_into_past_and_returns_only_the_rest():
+    """The decode step through OrtRuntime.run_into: the caller's past buffers receive slot
+    `length` (in place), the same as the copying default (Runtime.run_into over run)."""
+    runtime = OrtRuntime(exported("text", "static"))
+    kv, graph = runtime.manifest["state"]["kv"], runtime.manifest["graphs"]["decode"]
+    gen = np.random.default_rng(0)
+    feed = {"token": np.array([5]), "position": np.array([3]), "length": np.array(3),
+            "key_mask": np.array([[True] * 4 + [False] * 2])}
+    for t in graph["inputs"][4:]:
+        shape = [{"batch": 1, "slots": 6}.get(d, d) for d in t["shape"]]
+        feed[t["name"]] = gen.standard_normal(shape).astype(np.float32) * (t["name"] in kv["past"])
+    copied = {n: a.copy() for n, a in feed.items()}
+    buffers = {n: feed[n] for n in kv["past"]}
+    out = runtime.run_into("decode", feed, dict(zip(kv["present"], kv["past"])))
+    ref = super(OrtRuntime, runtime).run_into("decode", copied, dict(zip(kv["present"], kv["past"])))
+    assert list(out) == list(ref) == ["logits"] and np.allclose(out["logits"], ref["logits"], atol=1e-6)
+    for name in kv["past"]:
+        assert feed[name] is buffers[name] and np.array_equal(feed[name], copied[name])
+        assert not np.array_equal(feed[name][:, :, 3], np.zeros_like(feed[name][:, :, 3]))

@@ -18,7 +18,7 @@ namespace eas {
 
 struct Dim {
     int64_t size = -1;  // a fixed size, or -1 for a named dynamic dim
-    std::string name;   // "batch", "seq", "past", ... (see "profiles")
+    std::string name;   // "batch", "seq", "slots", ... (see "profiles")
 };
 
 struct TensorSpec {

@@ -3,6 +3,7 @@
 // headers drive a newer library.
 #include <onnxruntime_cxx_api.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -50,10 +51,12 @@ public:
     // The outputs in `into` are pre-allocated on their inputs' buffers: the decode graph's scatter
     // sees its output in its input's memory and writes only the new slot (no copy of the cache).
     Tensors run_into(const std::string& graph_name, Tensors& inputs, const std::map<std::string, std::string>& into) override {
+        const Graph& graph = graphs_.at(graph_name);
         std::map<std::string, Tensor*> targets;
         for (const auto& [output, input] : into) {
             auto it = inputs.find(input);
-            if (it == inputs.end()) throw RuntimeFailure("graph " + graph_name + ": no input " + input + " for " + output);
+            if (it == inputs.end() || std::find(graph.outputs.begin(), graph.outputs.end(), output) == graph.outputs.end())
+                throw RuntimeFailure("graph " + graph_name + ": cannot write output " + output + " into input " + input);
             targets[output] = &it->second;
         }
         return execute(graph_name, inputs, targets);
