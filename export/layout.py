@@ -8,6 +8,8 @@ section is provably all a runtime needs. Rows are left-padded:
     LLaVA      [pad.. | BOS | conversation before <image> | image slots | conversation after it]
                (without an image: [pad.. | BOS | the whole conversation])
     text-only  [pad.. | BOS | prompt ids]
+
+Decode then runs on buffers of prompt + answer slots (decode_buffers, the manifest's state rule).
 """
 from __future__ import annotations
 
@@ -71,3 +73,16 @@ def build_layout(sequence: dict, pieces: Sequence[Pieces], has_image: Sequence[b
     return {"tokens": tokens, "positions": np.maximum(valid.cumsum(1) - 1, 0).astype(np.int64),
             "key_mask": valid & ~out["modality_slot"], "prompt_mask": valid, **out,
             "has_image": np.asarray(has_image, dtype=bool)}
+
+
+def decode_buffers(kv: Sequence[np.ndarray], key_mask: np.ndarray, slots: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The prefill -> decode hand-over: prefill's K/V [B, H, T, D] in the first T slots of zeroed
+    buffers of `slots` (zeros, not garbage: masked slots are still read), and key_mask [B, T] in
+    [B, slots], false past T."""
+    T = key_mask.shape[1]
+    buffers = [np.zeros((*x.shape[:2], slots, x.shape[3]), x.dtype) for x in kv]
+    for buf, x in zip(buffers, kv):
+        buf[:, :, :T] = x
+    mask = np.zeros((key_mask.shape[0], slots), dtype=bool)
+    mask[:, :T] = key_mask
+    return buffers, mask

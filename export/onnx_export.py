@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from eas.adapters.attach import llama_of
-from export.external_data import ExternalData
+from export.external_data import FILE as WEIGHTS_FILE, ExternalData
 from export.symbolics import export_symbolics
 from export.graphs import (DecodeGraph, EmbedGraph, PrefillGraph, StateLayout, VisionGraph, n_image_tokens,
                            state_layout, wiring)
@@ -126,8 +126,8 @@ def example_inputs(spec: GraphSpec, dims: dict[str, int], vocab: int, gen: torch
 
 def export_graph(spec: GraphSpec, path: Path, vocab: int, data: ExternalData | None = None) -> None:
     """Trace spec.module on example inputs and write path; a graph with large weights puts them
-    in `data`, the folder's shared external data file (default: its own, path.data). The file's
-    I/O must match the spec."""
+    in `data`, the folder's shared external data file (pass one ExternalData to all graphs of a
+    folder: each distinct tensor is then written once). The file's I/O must match the spec."""
     gen = torch.Generator().manual_seed(0)
     args = tuple(example_inputs(spec, EXAMPLE_DIMS, vocab, gen))
     axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs + spec.outputs}
@@ -149,7 +149,7 @@ def export_graph(spec: GraphSpec, path: Path, vocab: int, data: ExternalData | N
     check_io(proto, spec)
     spec.data_file = None
     if sum(len(t.raw_data) for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES:
-        data = data or ExternalData(path.parent / f"{path.name}.data")
+        data = data or ExternalData(path.parent / WEIGHTS_FILE)
         data.move_out(proto)
         spec.data_file = data.path.name
     onnx.save(proto, str(path))

@@ -20,7 +20,7 @@ from eas.errors import CheckpointError, UsageError
 from eas.io.files import read_json
 from eas.model.image import expand2square, pixel_array
 from eas.model.tokenizer import Tokenizer
-from export.layout import prompts_layout
+from export.layout import decode_buffers, prompts_layout
 from export.manifest import FORMAT, VERSION
 
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -107,13 +107,9 @@ class Runtime(ABC):
         logits, *state = self.run("prefill", {"embeds": embeds, **{n: layout[n] for n in
                                                                    ("positions", "key_mask", "prompt_mask")}})
         kv = self.manifest["state"]["kv"]
-        S = T + max_new_tokens - 1  # the last new token is never fed back
-        past = {name: np.zeros((*p.shape[:2], S, p.shape[3]), p.dtype) for name, p in zip(kv["past"], state)}
-        for buf, p in zip(past.values(), state):
-            buf[:, :, :T] = p
-        adapters = dict(zip(self.manifest["state"]["adapters"], state[len(past):]))
-        key_mask = np.zeros((B, S), dtype=bool)
-        key_mask[:, :T] = layout["key_mask"]
+        n = len(kv["past"])  # the last new token is never fed back: T + max_new_tokens - 1 slots
+        buffers, key_mask = decode_buffers(state[:n], layout["key_mask"], T + max_new_tokens - 1)
+        past, adapters = dict(zip(kv["past"], buffers)), dict(zip(self.manifest["state"]["adapters"], state[n:]))
         first = layout["positions"][:, -1] + 1
         done = [False] * B
         for step in range(max_new_tokens):

@@ -17,7 +17,7 @@ from PIL import Image
 from eas.errors import EASError
 from eas.model.image import preprocess
 from eas.model.tokenizer import Tokenizer
-from export.layout import prompts_layout
+from export.layout import decode_buffers, prompts_layout
 from export.onnx_export import GraphSpec, example_inputs
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
@@ -82,9 +82,9 @@ def real_inputs(model, specs: dict[str, GraphSpec], tok: Tokenizer, sequence: di
     # the runtime's hand-over: K/V into buffers of T + 2 slots, the step writing slot T
     n_kv = sum(t.name.startswith("present.") for t in specs["prefill"].outputs)
     T = lay["key_mask"].shape[1]
-    kv = [torch.cat([x, x.new_zeros(*x.shape[:2], 2, x.shape[3])], 2) for x in state[:n_kv]]
-    key_mask = torch.cat([lay["key_mask"], torch.zeros(len(prompts), 2, dtype=torch.bool)], 1)
-    out["decode"] = [logits.argmax(-1), lay["positions"][:, -1] + 1, torch.tensor(T), key_mask, *kv, *state[n_kv:]]
+    kv, key_mask = decode_buffers([x.numpy() for x in state[:n_kv]], lay["key_mask"].numpy(), T + 2)
+    out["decode"] = [logits.argmax(-1), lay["positions"][:, -1] + 1, torch.tensor(T), torch.from_numpy(key_mask),
+                     *map(torch.from_numpy, kv), *state[n_kv:]]
     return out
 
 

@@ -116,6 +116,8 @@ class Ort:
 
     def prefill(self, tokens: np.ndarray, slots: int) -> np.ndarray:
         from onnxruntime import OrtValue
+
+        from export.layout import decode_buffers
         B, T = tokens.shape
         embeds = self.sessions["embed"].run(None, {"tokens": tokens})[0]
         mask = np.ones((B, T), dtype=bool)
@@ -123,22 +125,19 @@ class Ort:
             "embeds": embeds, "positions": np.broadcast_to(np.arange(T), (B, T)).copy(), "key_mask": mask,
             "prompt_mask": mask})
         n = len(self.layout.past())
-        self.past = [np.zeros((*kv.shape[:2], slots, kv.shape[3]), kv.dtype) for kv in state[:n]]
-        for buf, kv in zip(self.past, state):
-            buf[:, :, :T] = kv
-        self.key_mask = np.zeros((B, slots), dtype=bool)
-        self.key_mask[:, :T] = True
+        self.past, self.key_mask = decode_buffers(state[:n], mask, slots)
         self.token, self.position, self.length = np.zeros(B, np.int64), np.full(B, T - 1), np.array(T - 1)
         self.logits = np.empty_like(logits)
-        bind = self.binding = self.sessions["decode"].io_binding()
-        value = OrtValue.ortvalue_from_numpy  # shares the numpy buffer
         inputs = {"token": self.token, "position": self.position, "length": self.length, "key_mask": self.key_mask,
                   **dict(zip(self.layout.past(), self.past)), **dict(zip(self.layout.adapter_names, state[n:]))}
-        self.values = [value(a) for a in (*inputs.values(), self.logits)]  # kept alive with the binding
-        for name, v in zip(inputs, self.values):
-            bind.bind_ortvalue_input(name, v)
-        for name, v in (("logits", self.values[-1]), *zip(self.layout.present(), self.values[4:4 + n])):
-            bind.bind_ortvalue_output(name, v)
+        # OrtValues over the numpy buffers (shared, not copied), kept alive with the binding
+        self.values = {name: OrtValue.ortvalue_from_numpy(a) for name, a in {**inputs, "logits": self.logits}.items()}
+        bind = self.binding = self.sessions["decode"].io_binding()
+        for name in inputs:
+            bind.bind_ortvalue_input(name, self.values[name])
+        bind.bind_ortvalue_output("logits", self.values["logits"])
+        for present, past in zip(self.layout.present(), self.layout.past()):
+            bind.bind_ortvalue_output(present, self.values[past])
         return logits.argmax(-1)
 
     def decode(self, token: np.ndarray, steps: int) -> np.ndarray:
