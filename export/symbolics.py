@@ -16,6 +16,9 @@ four fewer nodes per reshape, and a decode step has several per layer. A transpo
 only dims of size 1 (the decode step's single token past the heads) is a Reshape too, and a
 Reshape of a Reshape is written as one.
 
+A static merge's shifted norm (torch.addcmul) is one Mul and one Add, as the floor's norm plus
+its shift.
+
 Sizes the translations read from the traced tensors (head_dim, K/V heads, the decode step's
 T = 1) are static in the trace; dims the exporter marks dynamic read as unknown and stay 0 or -1.
 """
@@ -138,8 +141,16 @@ def transpose(g, input, dim0, dim1):
     return _reshape(g, input, [0 if sizes[i] is None else sizes[i] for i in perm])
 
 
+def addcmul(g, input, tensor1, tensor2, value=1.0):
+    """input + tensor1 * tensor2 (a static merge's shifted norm): Mul and Add, in the tensors'
+    dtype. torch.onnx's own translation also multiplies by `value` as an fp32 constant."""
+    if symbolic_helper._maybe_get_const(value, "f") != 1:
+        raise ValueError("this ONNX translation of addcmul takes value=1 only")
+    return g.op("Add", input, g.op("Mul", tensor1, tensor2))
+
+
 SYMBOLICS = {"aten::scaled_dot_product_attention": scaled_dot_product_attention, "aten::unflatten": unflatten,
-             "aten::flatten": flatten, "aten::transpose": transpose}
+             "aten::flatten": flatten, "aten::transpose": transpose, "aten::addcmul": addcmul}
 
 
 @contextlib.contextmanager

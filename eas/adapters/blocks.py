@@ -102,18 +102,14 @@ class EASBlock(nn.Module):
         att, pia = self.attention, self.adapter_attn
         lins = {"wq": att.wq, "wk": att.wk, "wv": att.wv}
         weights = [lin.weight.float() for lin in lins.values()]
-        biases = [_bias(lin) for lin in lins.values()]
         state = {"attention_norm.weight": self.attention_norm.weight.float(),
-                 "attention.wo.weight": att.wo.weight.float()}
+                 "attention.wo.weight": att.wo.weight.float(),
+                 **{f"attention.{n}.bias": lin.bias.float() for n, lin in lins.items() if lin.bias is not None}}
         if mode == "static":
-            folded = pia.fold_static(weights, half=False)
-            weights = [w for w, _, _ in folded]
-            biases = [b0 + b for b0, (_, b, _) in zip(biases, folded)]
+            weights, _, state["attention_norm.shift"] = pia.fold_static(weights, False, f"layer {self.layer}'s PIA-A")
         else:
             state.update({"attn_delta." + k: v for k, v in pia.fold_routed(weights).items()})
-        for name, W, b in zip(lins, weights, biases):
-            state[f"attention.{name}.weight"], state[f"attention.{name}.bias"] = W, b
-        return state
+        return {**state, **{f"attention.{n}.weight": W for n, W in zip(lins, weights)}}
 
     def _skipped_attention_state(self, mode: str) -> dict[str, torch.Tensor]:
         """x̂ = RMSNorm_att(x) feeds W1/W3 through γ_ffn: W Γ_ffn absorbs PIA-S; the merged layer's
@@ -123,21 +119,13 @@ class EASBlock(nn.Module):
         w1, w3 = ffn.w1.weight.float() * g, ffn.w3.weight.float() * g
         state = {"ffn_norm.weight": self.attention_norm.weight.float(), "feed_forward.w2.weight": ffn.w2.weight.float()}
         if mode == "static":
-            (w1m, b1, p1), (w3m, b3, p3) = pia.fold_static([w1, w3], half=True)
-            return {**state, "feed_forward.w1.weight": w1m, "feed_forward.w1.bias": b1,
-                    "feed_forward.w3.weight": w3m, "feed_forward.w3.bias": b3,
-                    "ffn_delta.down_pool.weight": pia.down_pool.weight.float(),
-                    "ffn_delta.down_pool.bias": pia.down_pool.bias.float(),
-                    "ffn_delta.proj": pia.pool_mix * torch.cat((p1, p3))}
-        zeros = w1.new_zeros(w1.shape[0])
-        return {**state, "feed_forward.w1.weight": w1, "feed_forward.w1.bias": zeros,
-                "feed_forward.w3.weight": w3, "feed_forward.w3.bias": zeros.clone(),
-                **{"ffn_delta." + k: v for k, v in pia.fold_routed([w1, w3]).items()}}
-
-
-def _bias(linear: nn.Linear) -> torch.Tensor:
-    return linear.bias.float() if linear.bias is not None else linear.weight.new_zeros(
-        linear.out_features, dtype=torch.float32)
+            (w1, w3), proj, shift = pia.fold_static([w1, w3], True, f"layer {self.layer}'s PIA-S")
+            state.update({"ffn_shift.down_pool.weight": pia.pool_mix * pia.down_pool.weight.float(),
+                          "ffn_shift.down_pool.bias": pia.pool_mix * pia.down_pool.bias.float(),
+                          "ffn_shift.proj": proj, "ffn_shift.shift": shift})
+        else:
+            state.update({"ffn_delta." + k: v for k, v in pia.fold_routed([w1, w3]).items()})
+        return {**state, "feed_forward.w1.weight": w1, "feed_forward.w3.weight": w3}
 
 
 def _ffn_state(block) -> dict[str, torch.Tensor]:
@@ -177,9 +165,9 @@ class AdaptedViTBlock(nn.Module):
     def merged_state(self, mode: str) -> dict[str, torch.Tensor]:
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("adapter_attn.")}
         W = self.attn.in_proj_weight.float()
-        if mode == "static":
-            ((wm, b, _),) = self.adapter_attn.fold_static([W], half=False)
-            state["attn.in_proj_weight"], state["attn.in_proj_bias"] = wm, self.attn.in_proj_bias.float() + b
+        if mode == "static":  # the shift joins ln_1's bias: the merged block is a plain CLIP block
+            (state["attn.in_proj_weight"],), _, shift = self.adapter_attn.fold_static([W], False, "a ViT block's PIA-A")
+            state["ln_1.bias"] = self.ln_1.bias.float() + shift
         else:
             state.update({"attn_delta." + k: v for k, v in self.adapter_attn.fold_routed([W]).items()})
         return state

@@ -22,7 +22,7 @@ from eas.model.llama import Llama
 
 
 def merged_config(cfg: LlamaConfig, no_attention, no_ffn=()) -> LlamaConfig:
-    return dataclasses.replace(cfg, no_attention=tuple(no_attention), no_ffn=tuple(no_ffn), qkv_bias=True)
+    return dataclasses.replace(cfg, no_attention=tuple(no_attention), no_ffn=tuple(no_ffn))
 
 
 def build_merged(cfg, info: dict):

@@ -1,8 +1,10 @@
 """The layers of a merged EAS model (eas_method.md §2): what remains after the adapters are folded.
 
-static:  kept layers are plain LLaMA layers (PIA-A folded into q/k/v and their biases); a layer
-         whose attention was skipped is a plain FFN layer with W1/W3 biases plus PIA-S's pooled
-         term as a per-example bias (PooledBias), computed at prefill and carried in the state.
+static:  the floor's layers, weights changed, plus a shift on the norm output (PIA.fold_static):
+         a kept layer's attention norm adds a constant (ShiftedRMSNorm); a layer whose attention
+         was skipped is a plain FFN layer whose norm adds a per-example shift (PooledShift: PIA-S's
+         pooled term), computed at prefill and carried in the state. A decode step runs exactly
+         the floor's operations, the norms' multiply becoming a multiply-add.
 dynamic: exact per-example routing at any batch size: the weights stay, plus a routed rank-2r
          correction (RoutedDelta) with the up-projections pre-multiplied by W.
 A skipped FFN or whole layer (the `ffn`/`layer` units) has no linear neighbour to fold into: its
@@ -16,25 +18,40 @@ from torch import nn
 
 from eas.adapters.pia import PIA, PIAState, RoutedDown, masked_mean
 from eas.model.config import LlamaConfig
-from eas.model.llama import Block, Context, project, rms_normalize, stacked_bias
+from eas.model.llama import Block, Context, RMSNorm, project, rms_normalize, stacked_bias
 from eas.model.state import per_example
 from eas.model.vit import patch_mask
 
 MODES = ("static", "dynamic")
 
 
-class PooledBias(nn.Module):
-    """Static merge of PIA-S: per-example bias of [W1 | W3] = proj · (W_A mean_prompt(x̂) + b_A),
-    summed with the layers' own biases once at prefill: a decode step adds one [B, 1, n] tensor."""
+class ShiftedRMSNorm(RMSNorm):
+    """γ ⊙ x / rms(x) + shift: a static merge's kept attention norm, PIA-A's constant folded in."""
 
-    def __init__(self, dim: int, hidden: int, out_features: int):
+    def __init__(self, dim: int, eps: float):
+        super().__init__(dim, eps)
+        self.shift = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, rms_normalize(x, self.eps), self.weight)
+
+
+class PooledShift(nn.Module):
+    """Static merge of PIA-S: its pooled term as a per-example shift of the norm output,
+    shift + proj · ½ (W_A mean_prompt(x̂) + b_A) (½ folded into down_pool), once at prefill."""
+
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.down_pool = nn.Linear(dim, hidden)
-        self.proj = nn.Parameter(torch.zeros(out_features, hidden))
+        self.proj = nn.Parameter(torch.zeros(dim, hidden))
+        self.shift = nn.Parameter(torch.zeros(dim))
 
-    def delta(self, xn: torch.Tensor, ctx: Context, name: str, linears) -> torch.Tensor:
-        return per_example(ctx.state, f"{name}.bias", ctx.decoding, lambda: (
-            self.down_pool(masked_mean(xn, ctx.prompt_mask)) @ self.proj.T + stacked_bias(linears))[:, None])
+    def forward(self, norm: RMSNorm, x: torch.Tensor, ctx: Context, name: str) -> torch.Tensor:
+        """norm(x) + this example's shift."""
+        n = rms_normalize(x, norm.eps)
+        shift = per_example(ctx.state, name, ctx.decoding, lambda: (
+            self.down_pool(masked_mean(n * norm.weight, ctx.prompt_mask)) @ self.proj.T + self.shift)[:, None])
+        return torch.addcmul(shift, n, norm.weight)
 
 
 class RoutedDelta(RoutedDown):
@@ -83,20 +100,23 @@ class RoutedAttentionBlock(Block):
 
 
 class SkippedAttentionBlock(Block):
-    """A layer whose attention PIA-S replaced: x + W2(silu(W1' x̂ + b1 + d1) ⊙ (W3' x̂ + b3 + d3)),
-    x̂ = RMSNorm_att(x) (ffn_norm carries γ_att), d the per-example PooledBias or RoutedDelta; the
-    biases b1, b3 join d (static: once, at prefill)."""
+    """A layer whose attention PIA-S replaced, x + FFN(x̂'): static, x̂' = x̂ + the example's
+    PooledShift; dynamic, x̂' = x̂ with W1/W3's outputs corrected by a RoutedDelta. x̂ =
+    RMSNorm_att(x) (ffn_norm carries γ_att); W1, W3 absorb γ_ffn and PIA-S's token path."""
 
     def __init__(self, cfg: LlamaConfig, layer: int, mode: str, skip_dim: int, temperature: float):
         super().__init__(cfg, layer)
-        self.feed_forward.w1 = nn.Linear(cfg.dim, cfg.hidden_dim)
-        self.feed_forward.w3 = nn.Linear(cfg.dim, cfg.hidden_dim)
-        self.ffn_delta = (PooledBias(cfg.dim, skip_dim, 2 * cfg.hidden_dim) if mode == "static" else
-                          RoutedDelta(cfg.dim, skip_dim, True, 2 * cfg.hidden_dim, temperature))
+        self.mode = mode
+        if mode == "static":
+            self.ffn_shift = PooledShift(cfg.dim, skip_dim)
+        else:
+            self.ffn_delta = RoutedDelta(cfg.dim, skip_dim, True, 2 * cfg.hidden_dim, temperature)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        xn, ffn = self.ffn_norm(x), self.feed_forward
-        lins = (ffn.w1, ffn.w3)
+        ffn = self.feed_forward
+        if self.mode == "static":
+            return x + ffn(self.ffn_shift(self.ffn_norm, x, ctx, f"layers.{self.layer}.ffn_shift"))
+        xn, lins = self.ffn_norm(x), (ffn.w1, ffn.w3)
         gate, up = project(xn, lins, self.ffn_delta.delta(xn, ctx, f"layers.{self.layer}.ffn_delta", lins))
         return x + ffn.w2(F.silu(gate) * up)
 
@@ -129,12 +149,19 @@ def merged_block(cfg: LlamaConfig, layer: int, info: dict) -> nn.Module:
     if mode not in MODES:
         raise ValueError(f"merge mode must be one of {MODES}, got {mode!r}")
     if layer in cfg.no_ffn:
-        return ResidualAdapterBlock(cfg, layer, mode, info)
+        block = ResidualAdapterBlock(cfg, layer, mode, info)
+        return _shifted(block, cfg) if block.attention is not None and mode == "static" else block
     if layer in cfg.no_attention:
         return SkippedAttentionBlock(cfg, layer, mode, info["skip_dim"], info["temperature"])
     if mode == "dynamic":
         return RoutedAttentionBlock(cfg, layer, info["adapter_dim"], info["temperature"])
-    return Block(cfg, layer)
+    return _shifted(Block(cfg, layer), cfg)
+
+
+def _shifted(block: Block, cfg: LlamaConfig) -> Block:
+    """A static merge's kept attention reads its norm plus PIA-A's constant shift."""
+    block.attention_norm = ShiftedRMSNorm(cfg.dim, cfg.norm_eps)
+    return block
 
 
 class RoutedViTBlock(nn.Module):

@@ -18,6 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eas.errors import UsageError
+
+# A static fold inverts I_r + M_d M_u (fold_static): below this singular value the shift it
+# produces would swamp the activations it is added to. A trained adapter sits near 1.
+MIN_FOLD_SINGULAR_VALUE = 1e-3
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of x [B, T, C] over positions where mask [B, T] is True."""
@@ -160,30 +166,39 @@ class PIA(RoutedDown):
         return self.scale * (w[..., :1] * self.up_b(h) + w[..., 1:] * self.up_d(h))
 
     # ---- re-parameterization (eas_method.md §2.2-2.3): every update is a rank-r product (W M_u) M_d,
-    # never a C x C matrix, and biases use the original W.
+    # never a C x C matrix.
     def up_parts(self):
         """Dense block-diagonal up matrices [C, r] and their biases, the scale folded in."""
         s = self.scale
         return s * self.up_b.dense(), s * self.up_d.dense(), s * self.up_b.bias, s * self.up_d.bias
 
-    def fold_static(self, weights: list[torch.Tensor], half: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(W', b, W M_u) for each W [out, C] that reads PIA(x̂), routing fixed to fixed_route.
+    def fold_static(self, weights: list[torch.Tensor], half: bool, where: str) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """([W'], P, s): routing fixed to fixed_route, PIA(x̂) = (I + M)(x̂ + P p + s) exactly, so
+        each W [out, C] that reads PIA(x̂) becomes W' = W (I + M) reading x̂ + P p + s: the
+        adapter's constant part moves onto its input, where the norm adds it (no output bias).
 
-        W' = W + (W M_u) M_d and b = W (M_u β_d + β_u) with M_u = Σ w_j U_j, β_u = Σ w_j c_j and
-        (M_d, β_d) the down projection, halved for PIA-S (`half`). PIA-S's pooled term stays per
-        example: the caller turns it into a bias through W M_u."""
+        M = M_u M_d, s = (I + M)⁻¹ (M_u β_d + β_u), P = (I + M)⁻¹ M_u = M_u (I_r + M_d M_u)⁻¹ [C, r]
+        (Woodbury: only an r x r inverse), with M_u = Σ w_j U_j, β_u = Σ w_j c_j and (M_d, β_d)
+        the down projection, halved for PIA-S (`half`), whose pooled hidden p = ½ ū is per example.
+        `where` names the adapter in the error raised when I + M is (nearly) singular."""
         if self.fixed_route is None:
             raise ValueError("a static fold needs router constants: run eas.adapters.calibrate.calibrate_routes first")
-        w = self.fixed_route.float()
-        ub, ud, cb, cd = self.up_parts()
+        w = self.fixed_route.double()
+        ub, ud, cb, cd = (t.double() for t in self.up_parts())
         m_u, beta_u = w[0] * ub + w[1] * ud, w[0] * cb + w[1] * cd
         mix = self.pool_mix if half else 1.0
-        m_d, beta_d = mix * self.down.weight.float(), mix * self.down.bias.float()
-        out = []
-        for W in weights:
-            wm = W @ m_u
-            out.append((W + wm @ m_d, W @ (m_u @ beta_d + beta_u), wm))
-        return out
+        m_d, beta_d = mix * self.down.weight.double(), mix * self.down.bias.double()
+        inner = torch.eye(m_d.shape[0], dtype=torch.float64, device=m_d.device) + m_d @ m_u
+        smallest = torch.linalg.svdvals(inner).min().item()
+        if not smallest >= MIN_FOLD_SINGULAR_VALUE:
+            raise UsageError(f"static merge of {where}: I + M_d·M_u is singular (smallest singular value "
+                             f"{smallest:.2g}), the adapter cancels part of its input and its constant cannot "
+                             f"move onto the norm; merge with --merge dynamic instead")
+        p = m_u @ torch.linalg.inv(inner)
+        beta = m_u @ beta_d + beta_u
+        s = beta - p @ (m_d @ beta)
+        m_u, m_d = m_u.float(), m_d.float()
+        return [W + (W @ m_u) @ m_d for W in weights], p.float(), s.float()
 
     def fold_routed(self, weights: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """State of the RoutedDelta (eas/adapters/merged.py) that adds Σ_j w_j (W U_j H + W c_j) to

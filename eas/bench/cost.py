@@ -4,21 +4,21 @@ Variants (``KINDS``), for a LLaMA config with K of its L attentions skipped:
   base      the unpruned model
   unmerged  the EAS super-network (eas/adapters/blocks.py): PIA-A before every kept attention,
             PIA-S in place of every skipped one (both adapters exist in every layer)
-  static    merged, routes fixed (eas/adapters/merged.py): kept layers gain q/k/v biases; a skipped
-            layer is an FFN with W1/W3 biases and a per-example bias held in the state
+  static    merged, routes fixed (eas/adapters/merged.py): the floor's layers, each kept attention
+            norm adding a constant shift, each skipped layer's norm a per-example one (in the state)
   dynamic   merged, routed per example: a rank-2r correction per merged matrix
   floor     the base with the same K attentions simply deleted (no adapters)
 
 Counting rules (one place, so tests and reports agree):
   * FLOPs = 2 x multiply-adds of the matmuls (weights and attention scores/values); norms,
-    activations, RoPE, softmax and biases are left out.
+    activations, RoPE, softmax, biases and shifts are left out.
   * Weight bytes of a decode step = every parameter the step reads, once per step whatever the
     batch (matrices, biases, norm gains; one embedding row per example); parameters used only at
     prefill (pooling, routers) or idle (the unmerged model's skipped attentions) are not read.
   * K/V bytes: a decode step at context c (keys attended, the new one included) reads 2·c·kv and
     writes 2·kv elements per kept layer and example, kv = n_kv_heads·head_dim.
   * Prefill of T tokens: logits only at the last position; causal attention over t = 1..T keys.
-  * Per-example adapter state (at most 2·ffn_hidden values per skipped layer) is left out.
+  * Per-example adapter state (a static skipped layer's shift: dim values) is left out.
 
 The ideal speed-up of a variant over base is FLOP-bound for prefill and bandwidth-bound for decode.
 """
@@ -94,13 +94,13 @@ def layer_cost(cfg: LlamaConfig, kind: str, skipped: bool, ad: Adapters) -> Laye
         if skipped:  # x̂ = attention_norm(x); PIA-S; ffn_norm's gain; FFN
             return LayerCost(ffn + s[0], ffn + 2 * d + s[1], params)
         return LayerCost(att + ffn + a[0], att + ffn + 2 * d + a[1], params)
-    if not skipped:  # merged kept layer: q/k/v biases, plus the routed correction when dynamic
-        extra = _routed(d, ad.adapter_dim, qkv, False) if kind == "dynamic" else (0, 0, 0)
-        read = att + qkv + ffn + 2 * d + extra[1]
+    if not skipped:  # merged kept layer: the attention norm's shift, or the routed correction
+        extra = _routed(d, ad.adapter_dim, qkv, False) if kind == "dynamic" else (0, d, d)
+        read = att + ffn + 2 * d + extra[1]
         return LayerCost(att + ffn + extra[0], read, read + extra[2] - extra[1])
-    read = ffn + 2 * F + d  # merged skipped layer: FFN with W1/W3 biases, ffn_norm
-    if kind == "static":  # PooledBias: down_pool and proj run once per example at prefill
-        return LayerCost(ffn, read, read + d * ad.skip_dim + ad.skip_dim + 2 * F * ad.skip_dim)
+    read = ffn + d  # merged skipped layer: FFN and ffn_norm
+    if kind == "static":  # PooledShift: down_pool, proj and shift run once per example at prefill
+        return LayerCost(ffn, read, read + 2 * d * ad.skip_dim + ad.skip_dim + d)
     extra = _routed(d, ad.skip_dim, 2 * F, True)
     return LayerCost(ffn + extra[0], read + extra[1], read + extra[2])
 

@@ -2,7 +2,7 @@
 
 Optional benchmark dependency (`pip install llama-cpp-python gguf`; llama-cpp-python builds from
 source in minutes). Only a plain LLaMA maps onto llama.cpp's "llama" architecture: a model with
-deleted attentions or q/k/v biases (floor, merged) is refused. Our RoPE is Meta's interleaved
+deleted attentions (floor, merged) or q/k/v biases is refused. Our RoPE is Meta's interleaved
 convention, llama.cpp's "llama" one too, so q/k weights go in unpermuted. The vocabulary written
 is synthetic (ids are fed directly; no text is tokenized), and before any timing the logits of a
 prompt are checked against our own PyTorch forward.

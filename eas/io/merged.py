@@ -17,7 +17,9 @@ from eas.model.config import LavinConfig, LlamaConfig, LlavaConfig
 FORMAT = "eas-merged"
 # 3: no_attention / no_ffn replace skip_layers / skip_ffn_layers in the config; merged layer names.
 # 4: the task's prompt format (template, own question, decode budget), which generation applies.
-VERSION = 4
+# 5: a static merge shifts the norm outputs (attention_norm.shift, ffn_shift) instead of adding
+#    q/k/v and W1/W3 biases; no merge adds biases the base model lacks.
+VERSION = 5
 
 
 def save_merged(model, path, prompt_format: PromptFormat, tokenizer: str | None = None,

@@ -29,7 +29,7 @@ class LlamaConfig:
     # Layers whose attention / FFN is physically absent (a merged EAS model, or a deleted unit).
     no_attention: tuple[int, ...] = ()
     no_ffn: tuple[int, ...] = ()
-    # q/k/v biases (a merge folds PIA-A's affine map into them).
+    # q/k/v biases, for bases that have them (a merge adds none: eas/adapters/merged.py).
     qkv_bias: bool = False
 
     def __post_init__(self):

@@ -11,7 +11,7 @@ from eas.adapters.merge import merge
 from eas.io.merged import load_merged, save_merged
 from eas.adapters.pia import PIA
 from eas.data.aid import AID_FORMAT
-from eas.errors import CheckpointError
+from eas.errors import CheckpointError, UsageError
 from eas.model.state import kv_bytes
 from helpers import random_gains, rel_err
 
@@ -115,23 +115,23 @@ def test_merged_model_is_plain_and_smaller(gen):
         assert all(merged.layers[i].attention is None for i in SKIP)
         attn = sum(p.numel() for p in model.layers[0].attention.parameters()) + cfg.dim  # + attention_norm
         qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
-        biases = (cfg.n_layers - len(SKIP)) * qkv + len(SKIP) * 2 * cfg.hidden_dim  # q/k/v kept, W1/W3 skipped
-        if mode == "static":  # per-example bias generator of each skipped layer
-            extras = len(SKIP) * (cfg.dim * r_s + r_s + 2 * cfg.hidden_dim * r_s)
+        if mode == "static":  # a norm shift per kept layer; per skipped layer its generator (down, proj, shift)
+            extras = (cfg.n_layers - len(SKIP)) * cfg.dim + len(SKIP) * (2 * cfg.dim * r_s + r_s + cfg.dim)
         else:  # routed rank-2r corrections: down (+pool), router, up, route bias
             kept = (cfg.n_layers - len(SKIP)) * (cfg.dim * r_a + r_a + 2 * cfg.dim + 2 + qkv * 2 * r_a + qkv * 2)
             skipped = len(SKIP) * (2 * (cfg.dim * r_s + r_s) + 2 * cfg.dim + 2
                                    + 2 * cfg.hidden_dim * 2 * r_s + 2 * cfg.hidden_dim * 2)
             extras = kept + skipped
-        expected = base_count - len(SKIP) * attn + biases + extras
+        expected = base_count - len(SKIP) * attn + extras  # no biases: the base has none
         assert sum(p.numel() for p in merged.parameters()) == expected
         full_kv = kv_bytes(model.new_state(2, 16))
         assert kv_bytes(merged.new_state(2, 16)) * cfg.n_layers == full_kv * (cfg.n_layers - len(SKIP))
 
 
 def test_static_fold_of_one_layer_against_numpy(gen):
-    """W' = W + (W M_u) M_d and b = W (M_u β_d + β_u) for a kept layer's wq, computed in numpy from
-    the adapter's raw tensors (block-diagonal up projections assembled by hand)."""
+    """W' = W + (W M_u) M_d for a kept layer's wq, and the attention norm's shift s solving
+    (I + M_u M_d) s = M_u β_d + β_u (a dense C x C solve), computed in numpy from the adapter's raw
+    tensors (block-diagonal up projections assembled by hand)."""
     model = eas_model(gen)
     emb, pos, vis = prompt_batch(model, [6, 4], gen)
     calibrate_routes(model, [(emb, pos, vis, vis)])
@@ -151,8 +151,30 @@ def test_static_fold_of_one_layer_against_numpy(gen):
     m_d, beta_d = pia.down.weight.detach().double().numpy(), pia.down.bias.detach().double().numpy()
     W = block.attention.wq.weight.detach().double().numpy()
     np.testing.assert_allclose(merged.attention.wq.weight.detach().double().numpy(), W + (W @ m_u) @ m_d, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(merged.attention.wq.bias.detach().double().numpy(), W @ (m_u @ beta_d + beta_u), rtol=0, atol=1e-5)
+    shift = np.linalg.solve(np.eye(W.shape[1]) + m_u @ m_d, m_u @ beta_d + beta_u)
+    np.testing.assert_allclose(merged.attention_norm.shift.detach().double().numpy(), shift, rtol=0, atol=1e-6)
+    assert merged.attention.wq.bias is None and np.abs(shift).max() > 1e-2
     assert np.abs(W @ m_u @ m_d).max() > 1e-2  # the adapter really changed the weight
+
+
+def test_static_merge_refuses_an_adapter_that_cancels_its_input(gen):
+    """M_d M_u = -I_r makes I + M singular: no shift reproduces the adapter's constant, so the merge
+    says which adapter and what to do instead of writing a wrong model."""
+    model = eas_model(gen)
+    pia = model.layers[0].adapter_attn
+    with torch.no_grad():
+        pia.up_b.weight.normal_(generator=gen)
+        pia.up_d.weight.copy_(pia.up_b.weight)
+        pia.fixed_route = torch.tensor([0.3, 0.7])
+        m_u = pia.scale * pia.up_b.dense()
+        pia.down.weight.copy_(-torch.linalg.pinv(m_u))
+    for other in model.modules():
+        if isinstance(other, PIA) and other is not pia:
+            other.fixed_route = torch.tensor([0.5, 0.5])
+    with pytest.raises(UsageError, match=r"layer 0's PIA-A: I \+ M_d·M_u is singular .*--merge dynamic"):
+        merge(model, "static")
+    clear_routes(model)
+    merge(model, "dynamic")  # the routed form needs no inverse
 
 
 def test_merge_of_a_merged_model_is_a_copy_and_merged_pt_roundtrips(gen, tmp_path):
@@ -170,7 +192,7 @@ def test_merge_of_a_merged_model_is_a_copy_and_merged_pt_roundtrips(gen, tmp_pat
     old = torch.load(tmp_path / "merged.pt", weights_only=True)
     # version 3 had no prompt format: refused with the way to re-merge, not read without one
     torch.save({k: v for k, v in {**old, "version": 3}.items() if k != "prompt_format"}, tmp_path / "old.pt")
-    with pytest.raises(CheckpointError, match="version 3; this code reads version 4: re-merge it .* --resume"):
+    with pytest.raises(CheckpointError, match="version 3; this code reads version 5: re-merge it .* --resume"):
         load_merged(tmp_path / "old.pt")
     torch.save({**old, "prompt_format": {**AID_FORMAT.to_json(), "template": "no slot"}}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"bad.pt: .*prompt format.*must hold \{question\} exactly once"):
@@ -202,7 +224,7 @@ def test_decode_step_exports_with_tensor_state_only(mode, gen):
         _, state = merged.prefill(emb, pos, vis, merged.new_state(2, 9))
     assert all(isinstance(t, torch.Tensor) for t in state.values())
     assert not any(n.startswith(("k.1", "v.1", "k.2", "v.2")) for n in state)  # skipped layers hold no K/V
-    per_example = {"static": "layers.1.ffn_delta.bias", "dynamic": "layers.0.attn_delta.route"}[mode]
+    per_example = {"static": "layers.1.ffn_shift", "dynamic": "layers.0.attn_delta.route"}[mode]
     assert per_example in state
 
     class Step(torch.nn.Module):

@@ -14,9 +14,9 @@ AD = cost.Adapters(adapter_dim=2, skip_dim=4, groups=2)
 BASE_LAYER = 192 + 384 + 16                  # 592
 BASE_PARAMS = 2 * BASE_LAYER + 80 + 80 + 8   # 1352
 FLOOR_SKIPPED = 384 + 8                      # FFN + ffn_norm: 392
-# static skipped layer: FFN + W1/W3 biases (2x16) + ffn_norm 8 = 424 read at decode, plus
-# PooledBias: down_pool 8x4 + 4, proj 32x4 = 164 -> 588.  Static kept layer: + q/k/v biases 16.
-STATIC_KEPT, STATIC_SKIPPED = 592 + 16, 424 + 164
+# static skipped layer: FFN + ffn_norm 8 = 392 read at decode, plus PooledShift: down_pool
+# 8x4 + 4, proj 8x4, shift 8 = 76 -> 468.  Static kept layer: + the attention norm's shift 8.
+STATIC_KEPT, STATIC_SKIPPED = 592 + 8, 392 + 76
 
 
 def test_params_by_hand():
@@ -42,8 +42,8 @@ def test_floor_and_static_decode_by_hand():
     assert floor.weight_bytes == (592 + 392 + 96) * 4
     assert floor.kv_read_bytes == 2 * 4 * 3 * 4  # one layer keeps K/V
     static = cost.decode_step(CFG, "static", 1, context=3, ad=AD)
-    assert static.flops == floor.flops  # biases cost no matmul
-    assert static.weight_bytes == (608 + 424 + 96) * 4  # PooledBias is not read at decode
+    assert static.flops == floor.flops  # shifts cost no matmul
+    assert static.weight_bytes == (600 + 392 + 96) * 4  # PooledShift is not read at decode
 
 
 def test_unmerged_and_dynamic_decode_macs_by_hand():

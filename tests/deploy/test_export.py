@@ -52,7 +52,7 @@ def test_decode_graph_carries_kv_of_kept_layers_only(kind, mode):
     present = [t["name"] for t in decode["outputs"] if t["name"].startswith("present.")]
     assert len(past) == len(present) == 2 * (n_layers - len(SKIP))
     assert past == [f"past.{kv}.{i}" for i in kept for kv in "kv"]
-    adapters = {"static": {f"layers.{i}.ffn_delta.bias" for i in SKIP},
+    adapters = {"static": {f"layers.{i}.ffn_shift" for i in SKIP},
                 "dynamic": {f"layers.{i}.{n}" for i in SKIP for n in ("ffn_delta.route", "ffn_delta.pooled")}
                 | {f"layers.{i}.attn_delta.route" for i in kept}}[mode]
     assert set(manifest["state"]["adapters"]) == adapters
@@ -125,7 +125,7 @@ def bad_inputs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case,args,message", [
-    ("old_version", [], "is merged.pt version 3; this code reads version 4"),
+    ("old_version", [], "is merged.pt version 3; this code reads version 5"),
     ("other_kind", [], "unknown model kind 'ResNetConfig'"),
     ("unmerged", [], "is not an EAS merged checkpoint"),
     ("random_bytes", [], "is not a PyTorch checkpoint file"),
