@@ -20,9 +20,16 @@ from torch import nn
 
 from eas.errors import UsageError
 
-# A static fold inverts I_r + M_d M_u (fold_static): below this singular value the shift it
-# produces would swamp the activations it is added to. A trained adapter sits near 1.
-MIN_FOLD_SINGULAR_VALUE = 1e-3
+# A static fold solves with I + M (fold_static): it refuses where that amplifies the adapter's
+# constant (or up-projection) more than this, which would swamp the activations the shift is
+# added to once stored in half precision. A trained adapter's M is small: the gain is near 1.
+MAX_FOLD_GAIN = 10.0
+
+
+def _gain(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out‖ / ‖ref‖ (0/0 = 1)."""
+    a, b = out.norm().item(), ref.norm().item()
+    return a / b if b > 0 else (1.0 if a == 0 else math.inf)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -189,14 +196,17 @@ class PIA(RoutedDown):
         mix = self.pool_mix if half else 1.0
         m_d, beta_d = mix * self.down.weight.double(), mix * self.down.bias.double()
         inner = torch.eye(m_d.shape[0], dtype=torch.float64, device=m_d.device) + m_d @ m_u
-        smallest = torch.linalg.svdvals(inner).min().item()
-        if not smallest >= MIN_FOLD_SINGULAR_VALUE:
-            raise UsageError(f"static merge of {where}: I + M_d·M_u is singular (smallest singular value "
-                             f"{smallest:.2g}), the adapter cancels part of its input and its constant cannot "
-                             f"move onto the norm; merge with --merge dynamic instead")
-        p = m_u @ torch.linalg.inv(inner)
         beta = m_u @ beta_d + beta_u
-        s = beta - p @ (m_d @ beta)
+        try:  # P = M_u inner⁻¹, i.e. inner^T P^T = M_u^T
+            p = torch.linalg.solve(inner.T, m_u.T).T
+            s = beta - p @ (m_d @ beta)
+            gain = max(_gain(p, m_u), _gain(s, beta))
+        except torch.linalg.LinAlgError:
+            gain = math.inf
+        if not gain <= MAX_FOLD_GAIN:
+            raise UsageError(f"static merge of {where}: I + M is (nearly) singular, the adapter cancels part of "
+                             f"its input, and moving its constant onto the norm would amplify it {gain:.3g}x "
+                             f"(at most {MAX_FOLD_GAIN:g} is accepted); its unmerged and dynamic forms are exact")
         m_u, m_d = m_u.float(), m_d.float()
         return [W + (W @ m_u) @ m_d for W in weights], p.float(), s.float()
 

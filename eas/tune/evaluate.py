@@ -15,7 +15,7 @@ from eas.adapters.merge import merge
 from eas.adapters.params import trainable_report
 from eas.data.tasks import load_pixels
 from eas.model.image import pixel_loader
-from eas.errors import RunFolderError
+from eas.errors import RunFolderError, UsageError
 from eas.io.files import read_json
 from eas.io.merged import as_stored, save_merged
 from eas.tune.checkpoints import Checkpointer
@@ -59,15 +59,24 @@ def evaluate(s: Session, ckpt: Checkpointer) -> dict:
 
 def merged_forms(s: Session, model) -> dict:
     """{unmerged, dynamic, static}; the static merge folds in the mean route over training examples.
-    The merged forms are scored as merged.pt stores them: their weights rounded to the base's dtype."""
+    The merged forms are scored as merged.pt stores them: their weights rounded to the base's dtype.
+    An adapter the static fold refuses (PIA.fold_static) ends a `--merge static` run with that
+    error; a `--merge dynamic` run goes on without the static form."""
     forms = {"unmerged": model, "dynamic": as_stored(merge(model, "dynamic"), s.merged_dtype)}
     bs = s.cfg.eval_batch_size
     train = s.task.train
     calibration = [s.batches.prepare(train[i:i + bs]) for i in range(0, min(len(train), CALIBRATION_EXAMPLES), bs)]
     with autocast_context(s.device, s.dtype):
         calibrate_routes(model, [b for b in calibration if b], forward=lambda m, b: m(*b))
-    forms["static"] = as_stored(merge(model, "static"), s.merged_dtype)
-    clear_routes(model)
+    try:
+        forms["static"] = as_stored(merge(model, "static"), s.merged_dtype)
+    except UsageError as e:
+        if s.cfg.merge == "static":
+            raise UsageError(f"{e}. This run cannot write a static merged.pt: tune again with --merge dynamic "
+                             f"(a new run; its routers route per example)") from e
+        s.static_refused = str(e)
+    finally:
+        clear_routes(model)
     return forms
 
 
@@ -101,7 +110,8 @@ def build_report(s: Session, skip, examples, results: dict, forms: dict) -> dict
         "trajectories": s.search.trajectories().tolist() if searched else [],
         "accuracy": {k: v["accuracy"] for k, v in results.items()}, "results": results,
         "params": trainable_report(s.model),
-        "defaults": defaults_note(cfg, s.model.llama.cfg.dim), "router_constants": forms["static"].merge_info["router_constants"],
+        "defaults": defaults_note(cfg, s.model.llama.cfg.dim), "router_constants": forms["static"].merge_info["router_constants"] if "static" in forms else None,
+        "static_refused": s.static_refused,
         "merged": {"path": str(s.folder.path / "merged.pt"), "mode": cfg.merge},
         "kv_cache_share": len(forms[cfg.merge].llama.cfg.attention_layers) / s.n_units,
         "timings_s": {k: round(v, 1) for k, v in s.timings.items()},

@@ -38,7 +38,8 @@ def summary_lines(r: dict) -> list[str]:
     acc = r["accuracy"]
     p = r["params"]
     lines = [f"EAS tuning of {r['task']}{tag}: test accuracy on {r['split']['test']} held-out examples",
-             f"  unmerged {_pct(acc['unmerged'])} %   static merged {_pct(acc['static'])} %   "
+             f"  unmerged {_pct(acc['unmerged'])} %   static merged "
+             f"{_pct(acc['static']) + ' %' if 'static' in acc else 'refused (report.md)'}   "
              f"dynamic merged {_pct(acc['dynamic'])} %",
              f"  skipped {r['unit']} units: {r['skip_layers']} ({len(r['skip_layers'])} of {r['n_units']}; "
              f"KV cache {100 * r['kv_cache_share']:.0f} % of the base)",
@@ -96,7 +97,7 @@ holds {100 * r['kv_cache_share']:.0f} % of the base model's.
 | form | accuracy (%) | examples | seconds |
 |---|---|---|---|
 {rows}
-{metric}{_breakdown_section(r)}{_skipped_section(r)}
+{metric}{_refused_line(r)}{_breakdown_section(r)}{_skipped_section(r)}
 
 Trainable parameters: {p['trainable']:,} ({100 * p['share_of_llm']:.3f} % of the LLM's {p['llm']:,};
 {100 * p['share_of_model']:.3f} % of LLM + ViT); {r['defaults']}.
@@ -112,6 +113,11 @@ Note: {SEED_CAVEAT}.
 
 Configuration: `{json.dumps(r['config'])}`
 """
+
+
+def _refused_line(r: dict) -> str:
+    refused = r.get("static_refused")
+    return f"\nNo static merged form: {refused}.\n" if refused else ""
 
 
 def _breakdown_section(r: dict) -> str:

@@ -46,6 +46,7 @@ class Session:
     merged_dtype: torch.dtype           # the base checkpoint's own dtype, which merged.pt is stored in
     timings: dict = field(default_factory=dict)
     optimizer: torch.optim.Optimizer | None = None
+    static_refused: str | None = None   # why the static merge was refused (a --merge dynamic run)
 
     @property
     def lead(self) -> bool:

@@ -26,6 +26,10 @@ def eas_lavin():
         if isinstance(m, PIA):
             for p in m.parameters():
                 p.data = torch.randn(p.shape, generator=gen) * 0.2
+    with torch.no_grad():  # ViT norms and q/k/v biases away from their init, where a static shift lands
+        for name, p in model.visual.named_parameters():
+            if name.endswith(("ln_1.weight", "ln_1.bias", "in_proj_bias")):
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
     return model.eval()
 
 

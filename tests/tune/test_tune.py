@@ -164,6 +164,23 @@ def test_unknown_unit_is_refused(base, cache, tmp_path):
         tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"), **{**SMALL, "unit": "head"}))
 
 
+def test_a_refused_static_fold_ends_a_static_run_and_not_a_dynamic_one(base, cache, tmp_path, monkeypatch):
+    """Every static fold refused (its gain limit forced below 1): --merge static stops with the fold's
+    error and what to do; --merge dynamic scores and writes its own form and says why static is absent."""
+    from eas.adapters import pia
+    from eas.tune.report import summary_lines
+    monkeypatch.setattr(pia, "MAX_FOLD_GAIN", 0.5)
+    settings = {**SMALL, "skip_set": (1,), "skip": None, "max_test": 8}
+    with pytest.raises(UsageError, match=r"PIA-.*amplify it .*tune again with --merge dynamic"):
+        tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "s"), **settings))
+    report = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "d"),
+                             **{**settings, "merge": "dynamic"}))
+    assert set(report["accuracy"]) == {"unmerged", "dynamic"} and "amplify it" in report["static_refused"]
+    assert "static merged refused (report.md)" in summary_lines(report)[1]
+    assert load_merged(tmp_path / "d" / "merged.pt").merge_info["mode"] == "dynamic"
+    assert "No static merged form: static merge of layer" in (tmp_path / "d" / "report.md").read_text()
+
+
 def test_skip_zero_is_the_adapter_baseline(base, cache, tmp_path):
     report = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"),
                              **{**SMALL, "skip": 0, "max_test": 10, "merge": "dynamic"}))
