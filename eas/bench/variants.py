@@ -6,11 +6,10 @@ benchmark holds one base plus the merged q/k/v and W1/W3 copies, not five models
 """
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 
-from eas.adapters.attach import add_adapters, llama_of
+from eas.adapters.attach import add_adapters
 from eas.adapters.blocks import EASConfig
 from eas.adapters.calibrate import calibrate_routes, clear_routes
 from eas.adapters.merge import delete_attention, merge
@@ -107,13 +106,3 @@ def weight_bytes(model) -> int:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
     return total
-
-
-def merged_kind(model) -> str:
-    info = getattr(model, "merge_info", None)
-    return info["mode"] if info else "base"
-
-
-def as_base_config(model) -> LlamaConfig:
-    """The unpruned config of a merged model (for the cost model's base)."""
-    return dataclasses.replace(llama_of(model).cfg, no_attention=(), no_ffn=(), qkv_bias=False)

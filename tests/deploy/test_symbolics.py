@@ -74,9 +74,9 @@ def test_decode_graph_writes_each_kv_by_one_scatter_of_its_past():
 
 
 def test_static_merged_decode_graph_is_the_floor_plus_one_add_per_layer(tmp_path):
-    """Merged adapters cost one bias Add per layer in the exported decode step: a kept layer's q/k/v
-    bias (one stacked MatMul + Add + Split), a skipped layer's per-example FFN bias (summed with
-    W1/W3's own at prefill). Everything else is the graph of the same layers deleted, no adapters."""
+    """Merged adapters cost one Add per layer in the exported decode step, the shift after the norm:
+    a constant in a kept layer, the per-example one (computed at prefill) in a skipped layer.
+    Everything else is the graph of the same layers deleted, no adapters."""
     from collections import Counter
 
     from eas.bench.variants import base_model, variants
