@@ -101,9 +101,10 @@ def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda n
     """A warm-up round (each session alone, discarded; it sizes the chunks), `rounds` timed rounds,
     then one untimed round of each session alone for its memory. In a timed round each backend's
     sessions prefill in turn, then their decode steps interleave in chunks of about CHUNK_S
-    seconds, so a slow spell of the machine reaches every variant alike. Backends take turns whole:
-    interleaved with another runtime, a session would share the cores with that runtime's
-    still-spinning worker threads."""
+    seconds, so a slow spell of the machine reaches every variant alike; the turn order rotates
+    and runs backwards every other round, so no variant always follows the same one. Backends
+    take turns whole: interleaved with another runtime, a session would share the cores with that
+    runtime's still-spinning worker threads."""
     gen = np.random.default_rng(cell.prompt * 7919 + cell.batch)
     tokens = gen.integers(3, vocab, size=(cell.batch, cell.prompt), dtype=np.int64)
     timings = {key: Timing(*key) for key in sessions}
@@ -120,7 +121,8 @@ def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda n
     for r in range(rounds):
         for backend in backends[r % len(backends):] + backends[:r % len(backends)]:
             mine = groups[backend]
-            _timed_round(sessions, mine[r % len(mine):] + mine[:r % len(mine)], tokens, steps, chunks[backend], timings)
+            turn = mine[r % len(mine):] + mine[:r % len(mine)]
+            _timed_round(sessions, turn[::-1] if r % 2 else turn, tokens, steps, chunks[backend], timings)
             tick(len(mine))
     for key in order:
         timings[key].transient_bytes = run_once(sessions[key], tokens, cell.generated, True)[2]

@@ -195,7 +195,8 @@ def test_decode_steps_of_a_round_interleave_across_sessions(monkeypatch):
     # warm-up: each session alone (prefill, 3 steps); each timed round: 3 prefills, then 3 x 3 single steps
     warm, timed = log[:6], log[6:6 + 2 * 12]
     assert warm == [e for key in keys for e in (("prefill", key), ("decode", key, 3))]
-    for r in range(2):
+    for r in range(2):  # the turn rotates, and runs backwards in odd rounds
         turn = keys[r:] + keys[:r]
+        turn = turn[::-1] if r % 2 else turn
         assert timed[12 * r:12 * r + 12] == [("prefill", key) for key in turn] + [("decode", key, 1) for _ in range(3)
                                                                                  for key in turn]
