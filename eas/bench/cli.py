@@ -34,7 +34,8 @@ another runtime, a session shares the cores with its spinning threads). Below 1 
 the merged variants and the floor hold their own copies of the weights, as separate deployments
 would (eas/bench/variants.py); at 7B width they share the base's unchanged tensors.
 Tables give medians over the rounds; the checks divide the two variants' times round by round and
-give the median and range of those ratios. Speed-ups are to the base model on the same backend,
+give the median of those ratios with its distribution-free interval (order statistics, ~95 %): a
+check is met or NOT met where the whole interval agrees, else "not settled" by this run's noise. Speed-ups are to the base model on the same backend,
 printed as "measured / ideal": the ideal comes from the analytic cost model (`eas/bench/cost.py`):
 FLOPs for prefill, bytes moved (weights + K/V) for decode. *floor* = base with the same attentions deleted
 and no adapters. Peak MB = the distinct weights the session reads (ONNX Runtime: one copy shared

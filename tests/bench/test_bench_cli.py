@@ -152,8 +152,31 @@ def test_checks_pair_times_by_round():
             dict(row, kind="static", decode_s=0.008, decode_rounds=[0.008, 0.016, 0.007]),
             dict(row, kind="floor", decode_s=0.010, decode_rounds=[0.010, 0.020, 0.007])]
     out = report.checks(cfg, rows)
-    assert any("static merged decode vs floor -20.0 % (rounds -20.0 to +0.0 %" in c for c in out), out
+    assert any("static merged decode vs floor -20.0 % (75 % interval -20.0 to +0.0 % over 3 rounds; within 3 %: "
+               "not settled" in c for c in out), out
     assert any("static decode speed-up 1.500" in c for c in out), out
+    rows[1]["decode_rounds"] = [0.0101, 0.0202, 0.0071]  # every round within 3 % of the floor
+    assert any("+1.0 to +1.4 % over 3 rounds; within 3 %: met" in c for c in report.checks(cfg, rows))
+    rows[1]["decode_rounds"] = [0.011, 0.022, 0.0077]  # every round 10 % slower
+    assert any("within 3 %: NOT met" in c for c in report.checks(cfg, rows))
+
+
+def test_median_interval_covers_as_stated():
+    """The order-statistic interval: the textbook ranks at n = 25 (8th and 18th), and its stated
+    confidence matches how often it holds the true median of samples drawn from a known law."""
+    ranks = {"decode_rounds": list(range(1, 26)), "decode_s": 0}
+    ones = {"decode_rounds": [1] * 25, "decode_s": 0}
+    assert report.paired(ranks, ones)[1:3] == (8, 18)
+    rng = np.random.default_rng(0)
+    for n in (4, 9, 25, 60):
+        conf = report.paired({"decode_rounds": list(range(n)), "decode_s": 0},
+                             {"decode_rounds": [1] * n, "decode_s": 0})[3]
+        draws = rng.exponential(size=(20000, n))  # true median ln 2
+        held = [lo <= np.log(2) <= hi for lo, hi in (report.paired({"decode_rounds": list(d), "decode_s": 0},
+                                                                    {"decode_rounds": [1] * n, "decode_s": 0})[1:3]
+                                                     for d in draws)]
+        assert abs(np.mean(held) - conf) < 0.01, (n, np.mean(held), conf)
+        assert conf >= 0.95 or n < 6
 
 
 class FakeSession:
