@@ -46,12 +46,9 @@ class PooledShift(nn.Module):
         self.proj = nn.Parameter(torch.zeros(dim, hidden))
         self.shift = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, norm: RMSNorm, x: torch.Tensor, ctx: Context, name: str) -> torch.Tensor:
-        """norm(x) + this example's shift."""
-        n = rms_normalize(x, norm.eps)
-        shift = per_example(ctx.state, name, ctx.decoding, lambda: (
-            self.down_pool(masked_mean(n * norm.weight, ctx.prompt_mask)) @ self.proj.T + self.shift)[:, None])
-        return torch.addcmul(shift, n, norm.weight)
+    def forward(self, n: torch.Tensor, gain: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """The prompt's shift [B, 1, C]; n: the gain-free norm of the layer input, gain: the norm's γ."""
+        return (self.down_pool(masked_mean(n * gain, prompt_mask)) @ self.proj.T + self.shift)[:, None]
 
 
 class RoutedDelta(RoutedDown):
@@ -109,13 +106,21 @@ class SkippedAttentionBlock(Block):
         self.mode = mode
         if mode == "static":
             self.ffn_shift = PooledShift(cfg.dim, skip_dim)
+            self.shift_key = f"layers.{layer}.ffn_shift"
         else:
             self.ffn_delta = RoutedDelta(cfg.dim, skip_dim, True, 2 * cfg.hidden_dim, temperature)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         ffn = self.feed_forward
         if self.mode == "static":
-            return x + ffn(self.ffn_shift(self.ffn_norm, x, ctx, f"layers.{self.layer}.ffn_shift"))
+            norm = self.ffn_norm
+            n = rms_normalize(x, norm.eps)
+            if ctx.decoding:  # read straight from the state: a step is the floor's FFN layer, its mul an addcmul
+                shift = ctx.state[self.shift_key]
+            else:
+                shift = per_example(ctx.state, self.shift_key, False, lambda: self.ffn_shift(n, norm.weight,
+                                                                                                ctx.prompt_mask))
+            return x + ffn(torch.addcmul(shift, n, norm.weight))
         xn, lins = self.ffn_norm(x), (ffn.w1, ffn.w3)
         gate, up = project(xn, lins, self.ffn_delta.delta(xn, ctx, f"layers.{self.layer}.ffn_delta", lins))
         return x + ffn.w2(F.silu(gate) * up)
