@@ -43,11 +43,12 @@ def paired(a: dict, b: dict) -> tuple[float, float, float, float]:
     return statistics.median(ratios), ratios[j], ratios[n - 1 - j], 1 - 2 * tail[j]
 
 
-def verdict(low: float, high: float, ok) -> str:
-    """met / NOT met where the whole interval agrees, else not settled by this run's noise."""
-    if ok(low) and ok(high):
+def verdict(low: float, high: float, bar: tuple[float, float]) -> str:
+    """met where the whole interval [low, high] lies within bar = (least, most), NOT met where
+    none of it does, else not settled by this run's noise."""
+    if bar[0] <= low and high <= bar[1]:
         return "met"
-    if not ok(low) and not ok(high):
+    if high < bar[0] or low > bar[1]:
         return "NOT met"
     return "not settled: the interval straddles the bar"
 
@@ -84,7 +85,7 @@ def checks(cfg, rows: list[dict]) -> list[str]:
                 out.append(f"- {r['backend']}, K={r['k']}: static merged decode vs floor {(gap - 1) * 100:+.1f} % "
                            f"({conf * 100:.0f} % interval {(lo - 1) * 100:+.1f} to {(hi - 1) * 100:+.1f} % over "
                            f"{len(r.get('decode_rounds', [0]))} rounds; within 3 %: "
-                           f"{verdict(lo, hi, lambda x: abs(x - 1) <= 0.03)})")
+                           f"{verdict(lo, hi, (0.97, 1.03))})")
             if base:
                 ideal = cost.ideal_speedup(cfg, "static", r["k"], r["prompt"], r["generated"], r["batch"], ADAPTERS)
                 speedup, lo, hi, conf = paired(base, r)
@@ -92,7 +93,7 @@ def checks(cfg, rows: list[dict]) -> list[str]:
                 out.append(f"- {r['backend']}, K={r['k']}: static decode speed-up {speedup:.3f}"
                            f" of ideal {ideal['decode']:.3f}: {share[0] * 100:.0f} % of the ideal saving "
                            f"({conf * 100:.0f} % interval {share[1] * 100:.0f} to {share[2] * 100:.0f} %; >= 90 %: "
-                           f"{verdict(share[1], share[2], lambda x: x >= 0.9)})")
+                           f"{verdict(share[1], share[2], (0.9, math.inf))})")
         if r["backend"] == "eager" and r["kind"] not in ("base", "unmerged"):
             base = _find(rows, backend="eager", kind="base")
             if base and base["kv_bytes"]:

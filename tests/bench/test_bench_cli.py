@@ -159,6 +159,8 @@ def test_checks_pair_times_by_round():
     assert any("+1.0 to +1.4 % over 3 rounds; within 3 %: met" in c for c in report.checks(cfg, rows))
     rows[1]["decode_rounds"] = [0.011, 0.022, 0.0077]  # every round 10 % slower
     assert any("within 3 %: NOT met" in c for c in report.checks(cfg, rows))
+    rows[1]["decode_rounds"] = [0.0095, 0.020, 0.0074]  # rounds 5 % faster to 5 % slower: unresolved
+    assert any("-5.0 to +5.7 % over 3 rounds; within 3 %: not settled" in c for c in report.checks(cfg, rows))
 
 
 def test_median_interval_covers_as_stated():
