@@ -1,9 +1,9 @@
 #!/bin/sh
-# Regenerates every section of docs/BENCHMARKS.md (about 45 minutes on 2 CPU cores; the 7B-width ONNX Runtime line is its own run, to fit in 24 GiB; each command
+# Regenerates every section of docs/BENCHMARKS.md (about 50 minutes on 2 CPU cores: 48 min on 2026-12-01; the 7B-width ONNX Runtime line is its own run, to fit in 24 GiB; each command
 # rewrites only its own size's section, so any one line can be rerun alone).
 set -e
 python run.py bench --size tiny --skip 0 2 4 --prompt 128 --generate 64 --backends eager compile ort llama.cpp-f32 llama.cpp-f16 --rounds 25 --profile --out docs/BENCHMARKS.md
-python run.py bench --size bench --skip 2 4 --prompt 128 1984 --generate 32 --backends eager ort llama.cpp-f32 llama.cpp-f16 --rounds 5 --profile --out docs/BENCHMARKS.md
-python run.py bench --size bench-1024 --skip 2 4 --prompt 128 --generate 32 --backends eager ort llama.cpp-f32 llama.cpp-f16 --rounds 3 --out docs/BENCHMARKS.md
+python run.py bench --size bench --skip 2 4 --prompt 128 1984 --generate 32 --backends eager ort llama.cpp-f32 llama.cpp-f16 --rounds 9 --profile --out docs/BENCHMARKS.md
+python run.py bench --size bench-1024 --skip 2 4 --prompt 128 --generate 32 --backends eager ort llama.cpp-f32 llama.cpp-f16 --rounds 5 --out docs/BENCHMARKS.md
 python run.py bench --size 7b-width --layers 4 --skip 1 2 --prompt 128 --generate 16 --backends eager llama.cpp-f32 llama.cpp-f16 --rounds 5 --profile --out docs/BENCHMARKS.md
 python run.py bench --size 7b-width --layers 4 --skip 1 2 --prompt 128 --generate 16 --backends ort --variants base static floor --rounds 5 --section 7b-width-ort --out docs/BENCHMARKS.md
