@@ -106,25 +106,33 @@ def checks(cfg, rows: list[dict]) -> list[str]:
     return out
 
 
+def _interval(lo: float, hi: float, conf: float) -> str:
+    return f"{conf * 100:.0f} % interval {lo:.2f}-{hi:.2f}x"
+
+
 def _against(rows: list[dict]) -> list[str]:
-    """Our best base decode against llama.cpp's base, and ORT against eager."""
+    """Our best base decode against llama.cpp's base, and ORT against eager: time ratios paired by
+    round (the backends take their turns in the same rounds), as the other checks."""
     out = []
     ours = [r for r in rows if r["backend"] in OURS and r["kind"] == "base"]
     best = min(ours, key=lambda r: r["decode_s"]) if ours else None
     for ref in [r for r in rows if r["backend"].startswith("llama.cpp")]:
         if best:
-            x = best["decode_s"] / ref["decode_s"]
-            out.append(f"- K={ref['k']} cell: base decode, our best ({best['backend']}, {best['decode_s'] * 1e3:.2f} ms) vs {ref['backend']} "
-                       f"({ref['decode_s'] * 1e3:.2f} ms): {x:.2f}x its time (within 1.2x: {'met' if x <= 1.2 else 'NOT met'})")
+            x, lo, hi, conf = paired(best, ref)
+            out.append(f"- K={ref['k']} cell: base decode, our best ({best['backend']}, {best['decode_s'] * 1e3:.2f} ms) vs "
+                       f"{ref['backend']} ({ref['decode_s'] * 1e3:.2f} ms): {x:.2f}x its time ({_interval(lo, hi, conf)}; "
+                       f"within 1.2x: {verdict(lo, hi, (0.0, 1.2))})")
         merged = [r for r in rows if r["backend"] in OURS and r["kind"] == "static"]
         for m in sorted(merged, key=lambda r: r["decode_s"])[:1]:
+            x, lo, hi, conf = paired(m, ref)
             out.append(f"- EAS-{m['k']} static merged ({m['backend']}, {m['decode_s'] * 1e3:.2f} ms) vs {ref['backend']} "
-                       f"base ({ref['decode_s'] * 1e3:.2f} ms): {'beats it' if m['decode_s'] < ref['decode_s'] else 'does NOT beat it'}")
+                       f"base ({ref['decode_s'] * 1e3:.2f} ms): {x:.2f}x its time ({_interval(lo, hi, conf)}; "
+                       f"beats it: {verdict(lo, hi, (0.0, 1.0 - 1e-9))})")
     eager, ort = _find(rows, backend="eager", kind="base"), _find(rows, backend="ort", kind="base")
     if eager and ort:
-        x = eager["decode_s"] / ort["decode_s"]
+        x, lo, hi, conf = paired(eager, ort)
         out.append(f"- ONNX Runtime base decode {x:.2f}x faster than eager ({ort['decode_s'] * 1e3:.2f} vs "
-                   f"{eager['decode_s'] * 1e3:.2f} ms)")
+                   f"{eager['decode_s'] * 1e3:.2f} ms; {_interval(lo, hi, conf)}; >= 2x: {verdict(lo, hi, (2.0, math.inf))})")
     return out
 
 

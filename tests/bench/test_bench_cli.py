@@ -163,6 +163,23 @@ def test_checks_pair_times_by_round():
     assert any("-5.0 to +5.7 % over 3 rounds; within 3 %: not settled" in c for c in report.checks(cfg, rows))
 
 
+def test_llama_cpp_and_ort_checks_pair_by_round():
+    """Against llama.cpp and ORT vs eager, the ratios are paired by round as the other checks:
+    a slow round of one backend moves the median ratio only as far as that round does."""
+    cfg = bench_config("tiny", 4)
+    row = dict(prompt=8, generated=3, batch=1, prefill_s=1.0, peak_bytes=0, kv_bytes=0, note="", k=2)
+    rows = [dict(row, backend="ort", kind="base", decode_s=0.011, decode_rounds=[0.010, 0.011, 0.030]),
+            dict(row, backend="ort", kind="static", decode_s=0.009, decode_rounds=[0.009, 0.0099, 0.027]),
+            dict(row, backend="eager", kind="base", decode_s=0.033, decode_rounds=[0.030, 0.033, 0.090]),
+            dict(row, backend="llama.cpp-f32", kind="base", decode_s=0.010, decode_rounds=[0.010, 0.010, 0.025])]
+    out = report.checks(cfg, rows)
+    assert any("our best (ort, 11.00 ms) vs llama.cpp-f32 (10.00 ms): 1.10x its time (75 % interval 1.00-1.20x; "
+               "within 1.2x: met" in c for c in out), out
+    assert any("EAS-2 static merged (ort, 9.00 ms) vs llama.cpp-f32 base (10.00 ms): 0.99x its time "
+               "(75 % interval 0.90-1.08x; beats it: not settled" in c for c in out), out
+    assert any("3.00x faster than eager (11.00 vs 33.00 ms; 75 % interval 3.00-3.00x; >= 2x: met" in c for c in out), out
+
+
 def test_median_interval_covers_as_stated():
     """The order-statistic interval: the textbook ranks at n = 25 (8th and 18th), and its stated
     confidence matches how often it holds the true median of samples drawn from a known law."""
