@@ -30,7 +30,9 @@ static, floor, dynamic, unmerged; the order rotates each round and runs backward
 round), one warm-up round discarded. Within a round each backend's sessions prefill in turn, then
 their decode steps interleave in chunks of about 10 ms (compile: 50 ms; one step at 7B width), so a slow spell of
 this shared machine reaches every variant alike; backends take turns whole (interleaved with
-another runtime, a session shares the cores with its spinning threads). Below 1 GiB of weights
+another runtime, a session shares the cores with its spinning threads). llama.cpp is timed in a
+table of its own with our base and static merged sessions, each session alone in its turn (as one
+deployed model runs, its weights warm in the caches; the turns rotate by round). Below 1 GiB of weights
 the merged variants and the floor hold their own copies of the weights, as separate deployments
 would (eas/bench/variants.py); at 7B width they share the base's unchanged tensors.
 Tables give medians over the rounds; the checks divide the two variants' times round by round and
@@ -134,12 +136,17 @@ def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,
         sessions = None  # the previous K's models go before the next ones are built
         sessions, skipped = build_sessions(base, k, variants, backends, slots, threads, cache, shared)
         notes += [s for s in skipped if s not in notes]
+        ours = {key: s for key, s in sessions.items() if not key[0].startswith("llama.cpp")}
         for cell in [c for c in cells if c.k == k]:
-            use = {key: s for key, s in sessions.items() if cell.batch == 1 or not key[0].startswith("llama.cpp")}
-            bar.total += len(use) * (rounds + 2)  # + the warm-up and the memory round
-            bar.refresh()
-            for r in time_cell(use, cell, rounds, cfg.vocab_size, bar.update):
-                rows.append({**r, "k": k, "prompt": cell.prompt, "generated": cell.generated, "batch": cell.batch})
+            # llama.cpp (batch 1) against our base and static merged: each session alone in its turn,
+            # as a deployed model runs; interleaved with our variants, our side would run cache-cold
+            versus = {key: s for key, s in sessions.items() if key[1] in ("base", "static")}
+            for use, alone in ((ours, False), (versus if cell.batch == 1 and len(ours) < len(sessions) else {}, True)):
+                bar.total += len(use) * (rounds + 2)  # + the warm-up and the memory round
+                bar.refresh()
+                for r in time_cell(use, cell, rounds, cfg.vocab_size, bar.update, alone) if use else []:
+                    rows.append({**r, "k": k, "prompt": cell.prompt, "generated": cell.generated,
+                                 "batch": cell.batch, "alone": alone})
     bar.close()
     section = render(cfg, size, key, rows, notes, argv, out)
     if profile:
@@ -160,12 +167,16 @@ def render(cfg, size: str, key: str, rows: list[dict], notes: list[str], argv, o
     lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     for cell in dict.fromkeys((r["prompt"], r["generated"], r["batch"]) for r in rows):
         sub = [r for r in rows if (r["prompt"], r["generated"], r["batch"]) == cell]
+        mine, versus = [r for r in sub if not r["alone"]], [r for r in sub if r["alone"]]
         lines += [f"### prompt {cell[0]}, {cell[1]} generated, batch {cell[2]}", ""]
-        lines += report.cell_table(cfg, sub) + ["", "Checks:", ""] + report.checks(cfg, sub) + [""]
+        lines += report.cell_table(cfg, mine) + ["", "Checks:", ""] + report.checks(cfg, mine, size == "tiny") + [""]
+        if versus:
+            lines += ["Against llama.cpp, every session timed alone in its turn (turns rotating by round):", ""]
+            lines += report.cell_table(cfg, versus) + ["", "Checks:", ""] + report.against(versus) + [""]
     if out is not None:
         png = out.parent / "bench" / f"{key}.png"
         first = [r for r in rows if (r["prompt"], r["generated"], r["batch"]) == (rows[0]["prompt"],
-                 rows[0]["generated"], rows[0]["batch"])]
+                 rows[0]["generated"], rows[0]["batch"]) and (not r["alone"] or r["backend"].startswith("llama.cpp"))]
         report.plot(cfg, first, png, f"{size}: prompt {rows[0]['prompt']}, {rows[0]['generated']} generated")
         lines += [f"![decode ms/token vs K, {key}](bench/{key}.png)", ""]
     return "\n".join(lines)

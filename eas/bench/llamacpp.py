@@ -23,6 +23,7 @@ NAMES = {"attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "at
          "attention_norm": "attn_norm", "ffn_norm": "ffn_norm"}
 # Worst |logit difference| / max |logit| accepted before timing, per weight type.
 TOLERANCE = {"f32": 1e-3, "f16": 3e-2}
+CHECK_TOKENS = 16  # prompt length of that check
 
 
 def missing() -> str | None:
@@ -104,7 +105,7 @@ class LlamaCpp:
             write_gguf(model, path, dtype)
             self.weights = path.stat().st_size
             cache = llama_cpp.GGML_TYPE_F32 if dtype == "f32" else llama_cpp.GGML_TYPE_F16
-            self.llm = llama_cpp.Llama(str(path), n_ctx=slots, n_threads=threads, n_threads_batch=threads,
+            self.llm = llama_cpp.Llama(str(path), n_ctx=max(slots, CHECK_TOKENS), n_threads=threads, n_threads_batch=threads,
                                        n_batch=batch_tokens, n_ubatch=batch_tokens, type_k=cache, type_v=cache,
                                        verbose=False)
         finally:
@@ -124,9 +125,9 @@ class LlamaCpp:
 
     @torch.no_grad()
     def check(self, model, dtype: str) -> float:
-        """Relative worst logit difference against our forward on a 16-token prompt; refuses a mismatch."""
+        """Relative worst logit difference against our forward on a CHECK_TOKENS prompt; refuses a mismatch."""
         gen = torch.Generator().manual_seed(3)
-        ids = torch.randint(3, model.cfg.vocab_size, (1, 16), generator=gen)
+        ids = torch.randint(3, model.cfg.vocab_size, (1, CHECK_TOKENS), generator=gen)
         ours = model(ids.to(model.tok_embeddings.weight.device))[0, -1].float().cpu().numpy()
         theirs = self.logits(ids[0].tolist())
         err = float(np.abs(ours - theirs).max() / np.abs(ours).max())

@@ -104,14 +104,17 @@ def _timed_round(sessions: dict, turn: list, tokens: np.ndarray, steps: int, chu
         timings[key].decode_s.append(spent[key] / max(1, steps))
 
 
-def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda n=1: None) -> list[dict]:
+def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda n=1: None,
+              alone: bool = False) -> list[dict]:
     """A warm-up round (each session alone, discarded; it sizes the chunks), `rounds` timed rounds,
     then one untimed round of each session alone for its memory. In a timed round each backend's
     sessions prefill in turn, then their decode steps interleave in chunks of about CHUNK_S
     seconds, so a slow spell of the machine reaches every variant alike; the turn order rotates
     and runs backwards every other round, so no variant always follows the same one. Backends
-    take turns whole: interleaved with another runtime, a session would share the cores with that
-    runtime's still-spinning worker threads."""
+    take turns whole (their order rotating and reversing alike): interleaved with another runtime,
+    a session would share the cores with that runtime's still-spinning worker threads.
+    alone: every session takes its turn whole, as one deployed model runs (its weights warm in
+    the caches, its runtime's threads its own), the turns still rotating and reversing by round."""
     gen = np.random.default_rng(cell.prompt * 7919 + cell.batch)
     tokens = gen.integers(3, vocab, size=(cell.batch, cell.prompt), dtype=np.int64)
     timings = {key: Timing(*key) for key in sessions}
@@ -123,14 +126,17 @@ def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda n
         step_s[key] = run_once(sessions[key], tokens, cell.generated, False)[1]
         tick()
     steps = cell.generated - 1
-    groups = {b: [key for key in order if key[0] == b] for b in backends}
-    chunks = {b: max(1, int((CHUNK_S_COMPILED if b == "compile" else CHUNK_S) / max(min(step_s[key] for key in mine), 1e-6)))
-              for b, mine in groups.items()}
+    groups = {key: [key] for key in order} if alone else {b: [key for key in order if key[0] == b] for b in backends}
+    chunks = {g: steps if alone else max(1, int((CHUNK_S_COMPILED if g == "compile" else CHUNK_S)
+                                                / max(min(step_s[key] for key in mine), 1e-6)))
+              for g, mine in groups.items()}
+    turns = list(groups)
     for r in range(rounds):
-        for backend in backends[r % len(backends):] + backends[:r % len(backends)]:
-            mine = groups[backend]
+        seq = turns[r % len(turns):] + turns[:r % len(turns)]
+        for g in seq[::-1] if r % 2 else seq:
+            mine = groups[g]
             turn = mine[r % len(mine):] + mine[:r % len(mine)]
-            _timed_round(sessions, turn[::-1] if r % 2 else turn, tokens, steps, chunks[backend], timings)
+            _timed_round(sessions, turn[::-1] if r % 2 else turn, tokens, steps, chunks[g], timings)
             tick(len(mine))
     for key in order:
         timings[key].transient_bytes = run_once(sessions[key], tokens, cell.generated, True)[2]

@@ -128,6 +128,20 @@ def test_llama_cpp_reads_our_weights():
     assert [x.tolist() for x in _greedy(ref, tokens, 4)] == [x.tolist() for x in _greedy(Eager(model), tokens, 4)]
 
 
+@pytest.mark.skipif(missing() is not None, reason=missing() or "")
+def test_llama_cpp_is_timed_in_a_table_of_its_own(tmp_path):
+    """Our variants' table holds no llama.cpp row; the one against llama.cpp holds our base and
+    static merged beside it, and is what the llama.cpp checks read."""
+    out = tmp_path / "B.md"
+    rows = bench("tiny", 2, [1], [8], [3], [1], ["eager", "llama.cpp-f32"], cost.KINDS, 1, 1, out, argv=[])
+    versus = sorted((r["backend"], r["kind"]) for r in rows if r["alone"])
+    assert versus == [("eager", "base"), ("eager", "static"), ("llama.cpp-f32", "base")]
+    assert not any(r["backend"].startswith("llama.cpp") for r in rows if not r["alone"])
+    page = out.read_text()
+    table = page[page.index("Against llama.cpp"):]
+    assert "EAS-1 static merged (eager" in table and "llama.cpp-f32 (logits vs ours" in table
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_refused(capsys):
     assert "--device cuda" in fails(capsys, *TINY, "--device", "cuda")
@@ -172,12 +186,14 @@ def test_llama_cpp_and_ort_checks_pair_by_round():
             dict(row, backend="ort", kind="static", decode_s=0.009, decode_rounds=[0.009, 0.0099, 0.027]),
             dict(row, backend="eager", kind="base", decode_s=0.033, decode_rounds=[0.030, 0.033, 0.090]),
             dict(row, backend="llama.cpp-f32", kind="base", decode_s=0.010, decode_rounds=[0.010, 0.010, 0.025])]
-    out = report.checks(cfg, rows)
+    out = report.against(rows)
     assert any("our best (ort, 11.00 ms) vs llama.cpp-f32 (10.00 ms): 1.10x its time (75 % interval 1.00-1.20x; "
                "within 1.2x: met" in c for c in out), out
     assert any("EAS-2 static merged (ort, 9.00 ms) vs llama.cpp-f32 base (10.00 ms): 0.99x its time "
                "(75 % interval 0.90-1.08x; beats it: not settled" in c for c in out), out
-    assert any("3.00x faster than eager (11.00 vs 33.00 ms; 75 % interval 3.00-3.00x; >= 2x: met" in c for c in out), out
+    assert any("3.00x faster than eager (11.00 vs 33.00 ms; 75 % interval 3.00-3.00x; >= 2x: met" in c
+               for c in report.checks(cfg, rows, ort_bar=True)), out
+    assert any(c.endswith("3.00-3.00x)") for c in report.checks(cfg, rows)), out  # no bar: not the tiny model
 
 
 def test_median_interval_covers_as_stated():
@@ -227,6 +243,19 @@ def test_static_and_floor_are_timed_back_to_back():
     # a timed round: one backend's sessions at a time (another runtime's spinning threads stay out)
     round_1 = [e[1][0] for e in log[20:] if e[0] == "decode"][:10]
     assert round_1 == ["eager"] * 5 + ["ort"] * 5
+
+
+def test_alone_every_session_takes_its_turn_whole():
+    """Against llama.cpp: each session prefills and decodes all its steps in its own turn; turns
+    rotate, and reverse in odd rounds."""
+    log = []
+    keys = [("ort", "base"), ("ort", "static"), ("llama.cpp-f32", "base")]
+    runner.time_cell({key: FakeSession(key, log) for key in keys}, runner.Cell(1, 4, 5, 1), 2, 50, alone=True)
+    timed = log[6:6 + 2 * 6]
+    for r in range(2):
+        turn = keys[r:] + keys[:r]
+        turn = turn[::-1] if r % 2 else turn
+        assert timed[6 * r:6 * r + 6] == [e for key in turn for e in (("prefill", key), ("decode", key, 4))]
 
 
 def test_decode_steps_of_a_round_interleave_across_sessions(monkeypatch):
