@@ -5,5 +5,5 @@ set -e
 python run.py bench --size tiny --skip 0 2 4 --prompt 128 --generate 64 --backends eager compile ort llama.cpp-f32 llama.cpp-f16 --rounds 25 --profile --out docs/BENCHMARKS.md
 python run.py bench --size bench --skip 2 4 --prompt 128 1984 --generate 32 --backends eager ort llama.cpp-f32 llama.cpp-f16 --rounds 9 --profile --out docs/BENCHMARKS.md
 python run.py bench --size bench-1024 --skip 2 4 --prompt 128 --generate 32 --backends eager ort llama.cpp-f32 llama.cpp-f16 --rounds 5 --out docs/BENCHMARKS.md
-python run.py bench --size 7b-width --layers 4 --skip 1 2 --prompt 128 --generate 16 --backends eager llama.cpp-f32 llama.cpp-f16 --rounds 5 --profile --out docs/BENCHMARKS.md
-python run.py bench --size 7b-width --layers 4 --skip 1 2 --prompt 128 --generate 16 --backends ort --variants base static floor --rounds 5 --section 7b-width-ort --out docs/BENCHMARKS.md
+python run.py bench --size 7b-width --layers 4 --skip 1 2 --prompt 128 --generate 16 --backends eager llama.cpp-f32 llama.cpp-f16 --rounds 9 --profile --out docs/BENCHMARKS.md
+python run.py bench --size 7b-width --layers 4 --skip 1 2 --prompt 128 --generate 16 --backends ort --variants base static floor --rounds 7 --section 7b-width-ort --out docs/BENCHMARKS.md

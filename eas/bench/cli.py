@@ -153,7 +153,9 @@ def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,
         section += "\n" + "\n".join(profiles(base, cells[0], backends, threads))
     print(section)
     if out is not None:
-        page = out.read_text() if out.exists() else PAGE_HEAD + "\n"
+        page = out.read_text() if out.exists() else ""
+        if not page.strip() or "<!-- bench:head -->" in page:  # the page's own head, not a user's text
+            page = report.replace_section(page, "head", PAGE_HEAD).lstrip()
         write_text_atomic(out, report.replace_section(page, key, section))
     return rows
 

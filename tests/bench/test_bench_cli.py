@@ -5,7 +5,7 @@ import pytest
 import run
 from eas.bench import cost, report, runner
 from eas.bench.backends import Eager, Ort
-from eas.bench.cli import bench
+from eas.bench.cli import PAGE_HEAD, bench
 from eas.bench.llamacpp import missing
 from eas.bench.ort_weights import MIN_SHARED_BYTES, SharedWeights, prepack_fits
 from eas.bench.variants import ADAPTERS, base_model, bench_config, variants
@@ -58,6 +58,18 @@ def test_tiny_run_writes_its_section_and_kv_bytes_are_exact(tmp_path, capsys):
     page = out.read_text()
     assert "<!-- bench:tiny -->" in page and "<!-- bench:tiny-more -->" in page
     assert (tmp_path / "bench" / "tiny-more.png").stat().st_size > 0
+
+
+def test_the_page_head_is_rewritten_only_between_its_markers(tmp_path):
+    out = tmp_path / "B.md"
+    out.write_text("<!-- bench:head -->\nstale\n<!-- /bench:head -->\n\nhand-written\n")
+    bench("tiny", 2, [0], [8], [3], [1], ["eager"], ["base"], 1, 1, out, argv=[])
+    page = out.read_text()
+    assert "stale" not in page and PAGE_HEAD in page and "hand-written" in page
+    mine = tmp_path / "notes.md"
+    mine.write_text("# My notes\n")  # a page of the user's own: only the section is added
+    bench("tiny", 2, [0], [8], [3], [1], ["eager"], ["base"], 1, 1, mine, argv=[])
+    assert mine.read_text().startswith("# My notes\n") and PAGE_HEAD not in mine.read_text()
 
 
 def test_run_again_replaces_only_its_section(tmp_path):
