@@ -18,6 +18,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: eas_generate --engine DIR [--prompt TEXT] [--raw] [--image IMG] [--backend ort|trt] [--max-new-tokens N] [--ids]\n"
+    "                    [--threads N]\n"
     "  --engine DIR          export folder (manifest.json, graphs or engines, tokenizer.model)\n"
     "  --prompt TEXT         the question, wrapped in the tuned task's prompt template (manifest: prompt.format);\n"
     "                        default: the task's own question (e.g. AID's)\n"
@@ -25,11 +26,12 @@ constexpr const char* kUsage =
     "  --image IMG           JPEG or PNG (LaVIN-style models only)\n"
     "  --backend ort|trt     ONNX Runtime on the CPU (default) or TensorRT engines on the GPU\n"
     "  --max-new-tokens N    most tokens to generate (default: the task's answer budget)\n"
-    "  --ids                 print the generated token ids instead of the text";
+    "  --ids                 print the generated token ids instead of the text\n"
+    "  --threads N           ONNX Runtime's threads (default: one per physical core)";
 
 int generate_main(int argc, char** argv) {
     using namespace eas;
-    const Flags flags = parse_flags(argc, argv, {"--engine", "--prompt", "--image", "--backend", "--max-new-tokens"},
+    const Flags flags = parse_flags(argc, argv, {"--engine", "--prompt", "--image", "--backend", "--max-new-tokens", "--threads"},
                                     {"--ids", "--raw"});
     const std::string folder = flags.required("--engine");
     const Manifest manifest = load_manifest(folder);
@@ -44,7 +46,7 @@ int generate_main(int argc, char** argv) {
     std::optional<std::vector<float>> pixels;
     if (flags.has("--image")) pixels = preprocess(read_image(flags.get("--image", "")), *manifest.image);
     const Layout layout = build_layout(manifest.sequence, tokenizer.encode(prompt), pixels.has_value());
-    auto runtime = make_runtime(flags.get("--backend", "ort"), manifest);
+    auto runtime = make_runtime(flags.get("--backend", "ort"), manifest, flags.integer("--threads", 0, 1));
     const std::vector<int64_t> ids = generate(*runtime, manifest, layout, pixels, max_new_tokens);
     if (flags.switches.count("--ids")) {
         for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];

@@ -41,19 +41,6 @@ Tensor pad_slots(const Tensor& kv, int64_t S) {
     return out;
 }
 
-int64_t argmax(const Tensor& logits) {  // the first of equal maxima, as numpy's argmax
-    int64_t best = 0;
-    float best_value = logits.get_float(0);
-    for (size_t i = 1; i < logits.numel(); ++i) {
-        const float v = logits.get_float(i);
-        if (v > best_value) {
-            best_value = v;
-            best = static_cast<int64_t>(i);
-        }
-    }
-    return best;
-}
-
 void check_limits(const Manifest& manifest, int64_t slots) {
     const int64_t most = manifest.profiles.at("seq")[2];
     if (slots > most)
@@ -91,50 +78,86 @@ Tensor embed(Runtime& runtime, const Manifest& manifest, const Layout& layout,
 
 }  // namespace
 
+int64_t argmax(const Tensor& logits) {
+    int64_t best = 0;
+    float best_value = logits.get_float(0);
+    for (size_t i = 1; i < logits.numel(); ++i) {
+        const float v = logits.get_float(i);
+        if (v > best_value) {
+            best_value = v;
+            best = static_cast<int64_t>(i);
+        }
+    }
+    return best;
+}
+
+const Tensor& Decoder::prefill(const Layout& layout, const std::optional<std::vector<float>>& pixels, int64_t slots) {
+    const int64_t T = layout.length();
+    if (layout.has_image != pixels.has_value()) throw RuntimeFailure("layout and pixels disagree about the image");
+    if (slots < T) throw InputError("K/V buffers of " + std::to_string(slots) + " slots cannot hold a prompt of " +
+                                        std::to_string(T));
+    Tensors available{{"embeds", embed(runtime_, manifest_, layout, pixels)},
+                      {"positions", int64_tensor(layout.positions, {1, T})},
+                      {"key_mask", bool_tensor(layout.key_mask, {1, T})},
+                      {"prompt_mask", bool_tensor(layout.prompt_mask, {1, T})}};
+    Tensors result = runtime_.run("prefill", feed(manifest_, "prefill", available));
+    // the manifest's state rule: K/V buffers of `slots` slots, slot T + n written by decode step n
+    past_.clear();
+    adapters_.clear();
+    into_.clear();
+    for (size_t i = 0; i < manifest_.past.size(); ++i) {
+        past_[manifest_.past[i]] = pad_slots(take(result, "prefill", manifest_.present[i]), slots);
+        into_[manifest_.present[i]] = manifest_.past[i];
+    }
+    for (const std::string& name : manifest_.adapters) adapters_[name] = take(result, "prefill", name);
+    key_mask_ = layout.key_mask;
+    key_mask_.resize(static_cast<size_t>(slots), false);
+    length_ = T;
+    position_ = layout.positions.back() + 1;
+    logits_ = take(result, "prefill", "logits");
+    return logits_;
+}
+
+const Tensor& Decoder::step(int64_t token) {
+    if (key_mask_.empty()) throw InputError("a decode step before any prefill");
+    if (length_ >= static_cast<int64_t>(key_mask_.size()))
+        throw InputError("all " + std::to_string(key_mask_.size()) + " K/V slots are written");
+    key_mask_[static_cast<size_t>(length_)] = true;
+    Tensors step_in = adapters_;  // small (a few numbers per example) and the same for every step
+    for (auto& [name, kv] : past_) step_in[name] = std::move(kv);
+    step_in["token"] = int64_tensor({token}, {1});
+    step_in["position"] = int64_tensor({position_}, {1});
+    step_in["length"] = int64_tensor({length_}, {});
+    step_in["key_mask"] = bool_tensor(key_mask_, {1, static_cast<int64_t>(key_mask_.size())});
+    Tensors fed = feed(manifest_, "decode", step_in);
+    Tensors result = runtime_.run_into("decode", fed, into_);
+    for (const std::string& name : manifest_.past) past_[name] = std::move(fed.at(name));
+    ++length_;
+    ++position_;
+    logits_ = take(result, "decode", "logits");
+    return logits_;
+}
+
+size_t Decoder::kv_bytes() const {
+    size_t n = 0;
+    for (const auto& [name, kv] : past_) n += kv.bytes.size();
+    return n;
+}
+
 std::vector<int64_t> generate(Runtime& runtime, const Manifest& manifest, const Layout& layout,
                               const std::optional<std::vector<float>>& pixels, int max_new_tokens) {
     const int64_t T = layout.length();
     check_limits(manifest, T + max_new_tokens);
-    if (layout.has_image != pixels.has_value()) throw RuntimeFailure("layout and pixels disagree about the image");
     std::vector<int64_t> out;
     if (max_new_tokens <= 0) return out;
-
-    Tensors available{{"embeds", embed(runtime, manifest, layout, pixels)},
-                      {"positions", int64_tensor(layout.positions, {1, T})},
-                      {"key_mask", bool_tensor(layout.key_mask, {1, T})},
-                      {"prompt_mask", bool_tensor(layout.prompt_mask, {1, T})}};
-    Tensors result = runtime.run("prefill", feed(manifest, "prefill", available));
-
-    // the manifest's state rule: K/V buffers of S slots, slot T + step written by decode step `step`
-    const int64_t S = T + max_new_tokens - 1;
-    Tensors past, adapters;  // by decode input name
-    for (size_t i = 0; i < manifest.past.size(); ++i)
-        past[manifest.past[i]] = pad_slots(take(result, "prefill", manifest.present[i]), S);
-    for (const std::string& name : manifest.adapters) adapters[name] = take(result, "prefill", name);
-    Tensor logits = take(result, "prefill", "logits");
-
-    std::map<std::string, std::string> into;  // each present K/V is written into its past buffer
-    for (size_t i = 0; i < manifest.past.size(); ++i) into[manifest.present[i]] = manifest.past[i];
-
-    std::vector<bool> key_mask = layout.key_mask;
-    key_mask.resize(static_cast<size_t>(S), false);
-    const int64_t first_position = layout.positions.back() + 1;
+    Decoder decoder(runtime, manifest);
+    const Tensor* logits = &decoder.prefill(layout, pixels, T + max_new_tokens - 1);
     for (int step = 0; step < max_new_tokens; ++step) {
-        const int64_t token = argmax(logits);
+        const int64_t token = argmax(*logits);
         if (token == manifest.eos_id) break;
         out.push_back(token);
         if (step == max_new_tokens - 1) break;
-        key_mask[static_cast<size_t>(T + step)] = true;
-        Tensors step_in = adapters;  // small (a few numbers per example) and the same for every step
-        for (auto& [name, kv] : past) step_in[name] = std::move(kv);
-        step_in["token"] = int64_tensor({token}, {1});
-        step_in["position"] = int64_tensor({first_position + step}, {1});
-        step_in["length"] = int64_tensor({T + step}, {});
-        step_in["key_mask"] = bool_tensor(key_mask, {1, S});
-        Tensors fed = feed(manifest, "decode", step_in);
-        result = runtime.run_into("decode", fed, into);
-        for (const std::string& name : manifest.past) past[name] = std::move(fed.at(name));
-        logits = take(result, "decode", "logits");
+        logits = &decoder.step(token);
     }
     return out;
 }

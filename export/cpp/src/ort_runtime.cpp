@@ -40,8 +40,8 @@ struct Graph {
 
 class OrtRuntime : public Runtime {
 public:
-    explicit OrtRuntime(const Manifest& manifest) : env_(ORT_LOGGING_LEVEL_ERROR, "eas_generate") {
-        for (const auto& [name, spec] : manifest.graphs) graphs_[name] = open(manifest, name, spec);
+    OrtRuntime(const Manifest& manifest, int threads) : env_(ORT_LOGGING_LEVEL_ERROR, "eas_generate") {
+        for (const auto& [name, spec] : manifest.graphs) graphs_[name] = open(manifest, name, spec, threads);
     }
 
     Tensors run(const std::string& graph_name, const Tensors& inputs) override {
@@ -101,11 +101,17 @@ private:
         return out;
     }
 
-    Graph open(const Manifest& manifest, const std::string& name, const GraphSpec& spec) {
+    Graph open(const Manifest& manifest, const std::string& name, const GraphSpec& spec, int threads) {
         const std::string path = manifest.file_path(spec.file);
         if (!std::filesystem::is_regular_file(path))
             throw InputError("graph file " + path + " (graphs." + name + ".file in " + manifest.path + ") does not exist");
         Ort::SessionOptions options;
+        if (threads > 0) options.SetIntraOpNumThreads(threads);
+        // worker threads spin while a run is in flight (quick hand-offs between a decode step's many
+        // small operators) and stop when it returns: an idle app, or one of several graphs or
+        // processes waiting its turn, leaves the cores to others (as eas/bench/backends.py)
+        options.AddConfigEntry("session.intra_op.allow_spinning", "1");
+        options.AddConfigEntry("session.force_spinning_stop", "1");
         Graph g;
         try {
             g.session = std::make_unique<Ort::Session>(env_, path.c_str(), options);
@@ -139,6 +145,8 @@ private:
 
 }  // namespace
 
-std::unique_ptr<Runtime> make_ort_runtime(const Manifest& manifest) { return std::make_unique<OrtRuntime>(manifest); }
+std::unique_ptr<Runtime> make_ort_runtime(const Manifest& manifest, int threads) {
+    return std::make_unique<OrtRuntime>(manifest, threads);
+}
 
 }  // namespace eas

@@ -4,8 +4,8 @@
 
 namespace eas {
 
-std::unique_ptr<Runtime> make_runtime(const std::string& backend, const Manifest& manifest) {
-    if (backend == "ort") return make_ort_runtime(manifest);
+std::unique_ptr<Runtime> make_runtime(const std::string& backend, const Manifest& manifest, int threads) {
+    if (backend == "ort") return make_ort_runtime(manifest, threads);
     if (backend == "trt") {
 #ifdef EAS_WITH_TENSORRT
         return make_trt_runtime(manifest);

@@ -24,10 +24,11 @@ public:
     virtual Tensors run_into(const std::string& graph, Tensors& inputs, const std::map<std::string, std::string>& into);
 };
 
-// backend "ort" or "trt"; "trt" in a build without TensorRT is an InputError that says so
-std::unique_ptr<Runtime> make_runtime(const std::string& backend, const Manifest& manifest);
+// backend "ort" or "trt"; "trt" in a build without TensorRT is an InputError that says so.
+// threads: ONNX Runtime's intra-op threads (0: its default, one per physical core)
+std::unique_ptr<Runtime> make_runtime(const std::string& backend, const Manifest& manifest, int threads = 0);
 
-std::unique_ptr<Runtime> make_ort_runtime(const Manifest& manifest);
+std::unique_ptr<Runtime> make_ort_runtime(const Manifest& manifest, int threads);
 std::unique_ptr<Runtime> make_trt_runtime(const Manifest& manifest);  // defined only with TensorRT
 
 // names of `specs`, in order, for error messages
