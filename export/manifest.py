@@ -83,17 +83,9 @@ def image_section(model) -> dict | None:
                        "multiply by 1/divisor)"}
 
 
-def build_manifest(model, specs: list[GraphSpec], layout: StateLayout, tok: Tokenizer, dtype: str,
-                   max_batch: int, max_seq: int, source: str) -> dict:
-    cfg = llama_of(model).cfg
+def graph_sections(specs: list[GraphSpec], layout: StateLayout, max_batch: int, max_seq: int) -> dict:
+    """The manifest's "state", "graphs" and "profiles": how a runtime drives the graphs."""
     return {
-        "format": FORMAT, "version": VERSION, "source": source, "dtype": dtype,
-        "model": {"kind": type(model.cfg).__name__, "n_layers": cfg.n_layers, "dim": cfg.dim,
-                  "vocab_size": cfg.vocab_size, "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
-                  "max_positions": 2 * cfg.max_seq_len},
-        "merge": {"mode": model.merge_info["mode"], "unit": model.merge_info["unit"],
-                  "no_attention": list(cfg.no_attention), "no_ffn": list(cfg.no_ffn),
-                  "kv_layers": list(layout.kv_layers)},
         "state": {"kv": {"past": layout.past(), "present": layout.present()},
                   "adapters": list(layout.adapter_names),
                   "rule": "prefill returns present K/V of its T slots and the adapter tensors; the runtime "
@@ -105,6 +97,21 @@ def build_manifest(model, specs: list[GraphSpec], layout: StateLayout, tok: Toke
         "graphs": {s.name: {"file": s.file, "data_file": s.data_file, "inputs": [t.to_json() for t in s.inputs],
                             "outputs": [t.to_json() for t in s.outputs]} for s in specs},
         "profiles": profiles(max_batch, max_seq),
+    }
+
+
+def build_manifest(model, specs: list[GraphSpec], layout: StateLayout, tok: Tokenizer, dtype: str,
+                   max_batch: int, max_seq: int, source: str) -> dict:
+    cfg = llama_of(model).cfg
+    return {
+        "format": FORMAT, "version": VERSION, "source": source, "dtype": dtype,
+        "model": {"kind": type(model.cfg).__name__, "n_layers": cfg.n_layers, "dim": cfg.dim,
+                  "vocab_size": cfg.vocab_size, "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+                  "max_positions": 2 * cfg.max_seq_len},
+        "merge": {"mode": model.merge_info["mode"], "unit": model.merge_info["unit"],
+                  "no_attention": list(cfg.no_attention), "no_ffn": list(cfg.no_ffn),
+                  "kv_layers": list(layout.kv_layers)},
+        **graph_sections(specs, layout, max_batch, max_seq),
         "engines": {},
         "tokenizer": {"file": TOKENIZER_FILE, "kind": "sentencepiece", "vocab_size": tok.vocab_size,
                       "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id},

@@ -8,6 +8,7 @@
 eager    PyTorch, Llama.prefill / decode_step on the preallocated state (eas/model/state.py)
 compile  the same, decode step through torch.compile (CPU: inductor; CUDA: CUDA graphs)
 ort      ONNX Runtime on the exported embed/prefill/decode graphs (export/onnx_export.py)
+ort-cpp  the same graphs run by the C++ app's loop in a child process (eas/bench/cpp.py; batch 1)
 llama.cpp lives in eas/bench/llamacpp.py (base model only).
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 from eas.bench.ort_weights import SharedWeights
 from eas.model.state import kv_bytes
 
-BACKENDS = ("eager", "compile", "ort", "llama.cpp-f32", "llama.cpp-f16")
+BACKENDS = ("eager", "compile", "ort", "ort-cpp", "llama.cpp-f32", "llama.cpp-f16")
+BATCH_1 = ("ort-cpp", "llama.cpp-f32", "llama.cpp-f16")  # backends that run one prompt at a time
 
 
 class Eager:
@@ -163,7 +165,11 @@ def session(backend: str, model, slots: int, threads: int, shared: SharedWeights
         return Eager(model)
     if backend == "compile":
         return Compiled(model)
+    cpu = model if model.tok_embeddings.weight.is_cpu else copy.deepcopy(model).cpu()
     if backend == "ort":
-        return Ort(model if model.tok_embeddings.weight.is_cpu else copy.deepcopy(model).cpu(), threads, shared=shared)
+        return Ort(cpu, threads, shared=shared)
+    if backend == "ort-cpp":
+        from eas.bench.cpp import CppOrt
+        return CppOrt(cpu, slots, threads)
     from eas.bench.llamacpp import LlamaCpp
     return LlamaCpp(model, slots, threads, backend.rsplit("-", 1)[1])

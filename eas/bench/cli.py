@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from eas.bench import cost, report
-from eas.bench.backends import BACKENDS
+from eas.bench.backends import BACKENDS, BATCH_1
 from eas.bench.ort_weights import SharedWeights, prepack_fits
 from eas.bench.runner import Cell, build_sessions, time_cell
 from eas.bench.variants import ADAPTERS, SIZES, base_model, bench_config, skip_layers, weight_bytes
@@ -45,9 +45,12 @@ by its graphs, and by the variants where they share tensors, eas/bench/ort_weigh
 MatMul pre-packing makes; llama.cpp: the GGUF file) plus the process's peak resident growth during
 its run. KV-cache MB: measured from the state tensors (eager, compile, ONNX Runtime: buffers
 preallocated for prompt + generated slots, written in place; llama.cpp: slots filled).
+*ort-cpp* = the C++ app's own generation loop on the same graphs (`eas_serve` of `export/cpp`, a
+child process given each prefill and chunk of decode steps over a pipe, whose round trip of tens of
+microseconds is in its time); its peak MB is the whole app process's peak resident size (the ONNX
+Runtime library included; each of its graphs holds its own weights).
 Not measured here: TensorRT engines need a GPU (`export/trt_runtime.py`; none on this machine);
-the C++ ONNX Runtime app (`export/cpp`) is not timed by this command; `torch.compile` with CUDA
-graphs runs only on a GPU (`--backends compile` there)."""
+`torch.compile` with CUDA graphs runs only on a GPU (`--backends compile` there)."""
 
 
 def add_parser(sub) -> None:
@@ -95,15 +98,15 @@ def check(size, layers, skip, prompt, generate, batch, backends, variants, round
 
 
 def available(backends: list[str]) -> tuple[list[str], list[str]]:
-    from eas.bench.llamacpp import missing
+    from eas.bench import cpp, llamacpp
     keep, reasons = [], []
     for b in backends:
-        why = missing() if b.startswith("llama.cpp") else None
-        if b == "ort":
+        why = llamacpp.missing() if b.startswith("llama.cpp") else cpp.missing() if b == "ort-cpp" else None
+        if b.startswith("ort") and not why:
             try:
                 import onnxruntime  # noqa: F401
             except ImportError:
-                why = "ort skipped: onnxruntime is not installed"
+                why = f"{b} skipped: onnxruntime is not installed"
         keep += [] if why else [b]
         reasons += [why] if why else []
     return keep, reasons
@@ -136,12 +139,13 @@ def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,
         sessions = None  # the previous K's models go before the next ones are built
         sessions, skipped = build_sessions(base, k, variants, backends, slots, threads, cache, shared)
         notes += [s for s in skipped if s not in notes]
-        ours = {key: s for key, s in sessions.items() if not key[0].startswith("llama.cpp")}
         for cell in [c for c in cells if c.k == k]:
-            # llama.cpp (batch 1) against our base and static merged: each session alone in its turn,
-            # as a deployed model runs; interleaved with our variants, our side would run cache-cold
-            versus = {key: s for key, s in sessions.items() if key[1] in ("base", "static")}
-            for use, alone in ((ours, False), (versus if cell.batch == 1 and len(ours) < len(sessions) else {}, True)):
+            fits = {key: s for key, s in sessions.items() if cell.batch == 1 or key[0] not in BATCH_1}
+            ours = {key: s for key, s in fits.items() if not key[0].startswith("llama.cpp")}
+            # llama.cpp against our base and static merged: each session alone in its turn, as a
+            # deployed model runs; interleaved with our variants, our side would run cache-cold
+            versus = {key: s for key, s in fits.items() if key[1] in ("base", "static")}
+            for use, alone in ((ours, False), (versus if len(ours) < len(fits) else {}, True)):
                 bar.total += len(use) * (rounds + 2)  # + the warm-up and the memory round
                 bar.refresh()
                 for r in time_cell(use, cell, rounds, cfg.vocab_size, bar.update, alone) if use else []:

@@ -14,7 +14,7 @@ from pathlib import Path
 from eas.bench import cost
 from eas.bench.variants import ADAPTERS
 
-OURS = ("eager", "compile", "ort")
+OURS = ("eager", "compile", "ort", "ort-cpp")
 LABEL = {"base": "base", "unmerged": "EAS-K unmerged", "static": "EAS-K static merged",
          "dynamic": "EAS-K dynamic merged", "floor": "floor (K attentions deleted)"}
 

@@ -163,8 +163,8 @@ def build_sessions(base, k: int, kinds, backends, slots: int, threads: int, cach
             if kind == "base" and key in cache:
                 sessions[key] = cache[key]
                 continue
-            if backend == "ort" and kind == "unmerged":
-                skipped.append("ort/unmerged: the export takes merged models (export/onnx_export.py)")
+            if backend.startswith("ort") and kind == "unmerged":
+                skipped.append(f"{backend}/unmerged: the export takes merged models (export/onnx_export.py)")
                 continue
             sessions[key] = B.session(backend, model, slots, threads, shared)
             if kind == "base":

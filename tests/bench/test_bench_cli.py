@@ -154,6 +154,15 @@ def test_llama_cpp_is_timed_in_a_table_of_its_own(tmp_path):
     assert "EAS-1 static merged (eager" in table and "llama.cpp-f32 (logits vs ours" in table
 
 
+def test_an_unbuilt_cpp_app_is_skipped_with_the_reason(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EAS_CPP_BUILD", str(tmp_path / "no-build"))
+    out = tmp_path / "B.md"
+    rows = bench("tiny", 2, [0], [8], [3], [1], ["eager", "ort-cpp"], ["base"], 1, 1, out, argv=[])
+    assert {r["backend"] for r in rows} == {"eager"}
+    reason = f"ort-cpp skipped: {tmp_path / 'no-build' / 'cmake' / 'eas_serve'} is not built (bash export/cpp/build.sh)"
+    assert reason in capsys.readouterr().err and reason in out.read_text()
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_refused(capsys):
     assert "--device cuda" in fails(capsys, *TINY, "--device", "cuda")

@@ -180,3 +180,35 @@ def test_errors_for_requests_the_export_cannot_serve(app):
     if "TensorRT backend: NOT built" in (BUILD / "cmake.log").read_text():
         assert "built without TensorRT" in error_of(run(app, "eas_generate", "--engine", str(text), "--prompt", "Hi",
                                                         "--backend", "trt"))
+
+
+def test_serve_decodes_as_the_python_bench_backend(app):
+    """eas_serve (the app's Decoder behind a line protocol, what `run.py bench --backends ort-cpp`
+    times) against the Python ONNX Runtime backend on the same bench models: the same greedy
+    tokens over decode chunks of several steps, and the same K/V bytes."""
+    from eas.bench.backends import Ort
+    from eas.bench.cpp import CppOrt
+    from eas.bench.variants import base_model, bench_config, variants
+    cfg = bench_config("tiny", 4)
+    tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (1, 12))
+    for kind, model in variants(base_model(cfg), 2, ["base", "static"]).items():
+        runs = []
+        for session in (Ort(model, 1), CppOrt(model, 40, 1)):
+            token = session.prefill(tokens, 40)
+            runs.append([int(token[0])] + [int((token := session.decode(token, 3))[0]) for _ in range(9)]
+                        + [session.kv_bytes()])
+        assert runs[0] == runs[1], kind
+        assert len(set(runs[0][:-1])) > 3, "a model repeating one token proves little"
+
+
+def test_serve_refuses_a_bad_command(app):
+    folder = str(exported("text", "static"))
+    for commands, said in (("decode 5 2\n", "a decode step before any prefill"),
+                           ("prefill 8 1 2\ndecode x 1\n", 'command "decode x 1": expected integers'),
+                           ("prefill 2 1 2 3\n", "cannot hold a prompt of 3"),
+                           ("prefill 3 1 2\ndecode 5 2\n", "all 3 K/V slots are written"),
+                           ("generate 3\n", "expected prefill, decode or kv")):
+        result = subprocess.run([str(app / "eas_serve"), "--engine", folder], input=commands.encode(),
+                                capture_output=True, timeout=60)
+        lines = result.stderr.decode().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and said in lines[0], (commands, result)
