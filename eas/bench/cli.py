@@ -37,7 +37,7 @@ the merged variants and the floor hold their own copies of the weights, as separ
 would (eas/bench/variants.py); at 7B width they share the base's unchanged tensors.
 Tables give medians over the rounds; the checks divide the two variants' times round by round and
 give the median of those ratios with its distribution-free interval (order statistics, ~95 %): a
-check is met or NOT met where the whole interval agrees, else "not settled" by this run's noise. Speed-ups are to the base model on the same backend,
+check is met or NOT met where the whole interval agrees, else "not settled" by this run's noise (always, below 5 rounds). Speed-ups are to the base model on the same backend,
 printed as "measured / ideal": the ideal comes from the analytic cost model (`eas/bench/cost.py`):
 FLOPs for prefill, bytes moved (weights + K/V) for decode. *floor* = base with the same attentions deleted
 and no adapters. Peak MB = the distinct weights the session reads (ONNX Runtime: one copy shared
@@ -92,6 +92,8 @@ def check(size, layers, skip, prompt, generate, batch, backends, variants, round
             raise UsageError(f"{flag} {bad[0]!r}: expected any of {list(known)}")
     if "base" not in variants:
         raise UsageError("--variants must include base (every ratio is to it)")
+    if max(batch) > 1 and all(b in BATCH_1 for b in backends):
+        raise UsageError(f"--batch {max(batch)}: {' '.join(backends)} run batch 1 only")
     if out is not None and (out.suffix != ".md" or out.is_dir()):
         raise UsageError(f"--out {out}: expected a markdown (.md) file")
     return cfg

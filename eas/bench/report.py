@@ -43,9 +43,12 @@ def paired(a: dict, b: dict) -> tuple[float, float, float, float]:
     return statistics.median(ratios), ratios[j], ratios[n - 1 - j], 1 - 2 * tail[j]
 
 
-def verdict(low: float, high: float, bar: tuple[float, float]) -> str:
+def verdict(low: float, high: float, bar: tuple[float, float], conf: float) -> str:
     """met where the whole interval [low, high] lies within bar = (least, most), NOT met where
-    none of it does, else not settled by this run's noise."""
+    none of it does, else not settled by this run's noise; never settled by an interval of less
+    than 90 % confidence (fewer than 5 rounds)."""
+    if conf < 0.9:
+        return f"not settled: {conf * 100:.0f} % is too little confidence (5 rounds give 94 %)"
     if bar[0] <= low and high <= bar[1]:
         return "met"
     if high < bar[0] or low > bar[1]:
@@ -86,7 +89,7 @@ def checks(cfg, rows: list[dict], ort_bar: bool = False) -> list[str]:
                 out.append(f"- {r['backend']}, K={r['k']}: static merged decode vs floor {(gap - 1) * 100:+.1f} % "
                            f"({conf * 100:.0f} % interval {(lo - 1) * 100:+.1f} to {(hi - 1) * 100:+.1f} % over "
                            f"{len(r.get('decode_rounds', [0]))} rounds; within 3 %: "
-                           f"{verdict(lo, hi, (0.97, 1.03))})")
+                           f"{verdict(lo, hi, (0.97, 1.03), conf)})")
             if base:
                 ideal = cost.ideal_speedup(cfg, "static", r["k"], r["prompt"], r["generated"], r["batch"], ADAPTERS)
                 speedup, lo, hi, conf = paired(base, r)
@@ -94,7 +97,7 @@ def checks(cfg, rows: list[dict], ort_bar: bool = False) -> list[str]:
                 out.append(f"- {r['backend']}, K={r['k']}: static decode speed-up {speedup:.3f}"
                            f" of ideal {ideal['decode']:.3f}: {share[0] * 100:.0f} % of the ideal saving "
                            f"({conf * 100:.0f} % interval {share[1] * 100:.0f} to {share[2] * 100:.0f} %; >= 90 %: "
-                           f"{verdict(share[1], share[2], (0.9, math.inf))})")
+                           f"{verdict(share[1], share[2], (0.9, math.inf), conf)})")
         if r["backend"] == "eager" and r["kind"] not in ("base", "unmerged"):
             base = _find(rows, backend="eager", kind="base")
             if base and base["kv_bytes"]:
@@ -106,7 +109,7 @@ def checks(cfg, rows: list[dict], ort_bar: bool = False) -> list[str]:
         eager, ort = _find(rows, backend="eager", kind="base", k=k), _find(rows, backend="ort", kind="base", k=k)
         if eager and ort:
             x, lo, hi, conf = paired(eager, ort)
-            bar = f"; >= 2x: {verdict(lo, hi, (2.0, math.inf))}" if ort_bar else ""
+            bar = f"; >= 2x: {verdict(lo, hi, (2.0, math.inf), conf)}" if ort_bar else ""
             out.append(f"- K={k} cell: ONNX Runtime base decode {x:.2f}x faster than eager ({ort['decode_s'] * 1e3:.2f} "
                        f"vs {eager['decode_s'] * 1e3:.2f} ms; {_interval(lo, hi, conf)}{bar})")
     return out
@@ -129,13 +132,13 @@ def against(rows: list[dict]) -> list[str]:
                 x, lo, hi, conf = paired(best["base"], ref)
                 out.append(f"- K={k} cell: base decode, our best ({best['base']['backend']}, "
                            f"{best['base']['decode_s'] * 1e3:.2f} ms) vs {ref['backend']} ({ref['decode_s'] * 1e3:.2f} ms): "
-                           f"{x:.2f}x its time ({_interval(lo, hi, conf)}; within 1.2x: {verdict(lo, hi, (0.0, 1.2))})")
+                           f"{x:.2f}x its time ({_interval(lo, hi, conf)}; within 1.2x: {verdict(lo, hi, (0.0, 1.2), conf)})")
             if best["static"]:
                 m = best["static"]
                 x, lo, hi, conf = paired(m, ref)
                 out.append(f"- EAS-{k} static merged ({m['backend']}, {m['decode_s'] * 1e3:.2f} ms) vs {ref['backend']} "
                            f"base ({ref['decode_s'] * 1e3:.2f} ms): {x:.2f}x its time ({_interval(lo, hi, conf)}; "
-                           f"beats it: {verdict(lo, hi, (0.0, 1.0 - 1e-9))})")
+                           f"beats it: {verdict(lo, hi, (0.0, 1.0 - 1e-9), conf)})")
     return out
 
 

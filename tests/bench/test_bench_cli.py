@@ -30,6 +30,7 @@ def fails(capsys, *argv) -> str:
     (["--backends", "tensorflow"], "--backends 'tensorflow'"),
     (["--variants", "static"], "must include base"),
     (["--section", "a/b"], "--section 'a/b'"),
+    (["--backends", "ort-cpp", "--batch", "2"], "--batch 2: ort-cpp run batch 1 only"),
 ])
 def test_bad_flags_are_refused_before_work(argv, named, capsys, tmp_path):
     out = tmp_path / "B.md"
@@ -180,22 +181,28 @@ def test_each_ratio_is_to_the_base_timed_in_the_same_cell():
 
 
 def test_checks_pair_times_by_round():
-    """Each round's ratio of the two variants timed in it; the check gives their median and range."""
+    """Each round's ratio of the two variants timed in it; the check gives their median and range,
+    and settles nothing from fewer than 5 rounds."""
     cfg = bench_config("tiny", 4)
     row = dict(backend="eager", prompt=8, generated=3, batch=1, prefill_s=1.0, peak_bytes=0, kv_bytes=0, note="", k=2)
-    rows = [dict(row, kind="base", decode_s=0.012, decode_rounds=[0.012, 0.024, 0.012]),
-            dict(row, kind="static", decode_s=0.008, decode_rounds=[0.008, 0.016, 0.007]),
-            dict(row, kind="floor", decode_s=0.010, decode_rounds=[0.010, 0.020, 0.007])]
+    rows = [dict(row, kind="base", decode_s=0.012, decode_rounds=[0.012, 0.024, 0.012, 0.012, 0.012]),
+            dict(row, kind="static", decode_s=0.008, decode_rounds=[0.008, 0.016, 0.007, 0.008, 0.008]),
+            dict(row, kind="floor", decode_s=0.010, decode_rounds=[0.010, 0.020, 0.007, 0.010, 0.010])]
     out = report.checks(cfg, rows)
-    assert any("static merged decode vs floor -20.0 % (75 % interval -20.0 to +0.0 % over 3 rounds; within 3 %: "
+    assert any("static merged decode vs floor -20.0 % (94 % interval -20.0 to +0.0 % over 5 rounds; within 3 %: "
                "not settled" in c for c in out), out
     assert any("static decode speed-up 1.500" in c for c in out), out
-    rows[1]["decode_rounds"] = [0.0101, 0.0202, 0.0071]  # every round within 3 % of the floor
-    assert any("+1.0 to +1.4 % over 3 rounds; within 3 %: met" in c for c in report.checks(cfg, rows))
-    rows[1]["decode_rounds"] = [0.011, 0.022, 0.0077]  # every round 10 % slower
+    rows[1]["decode_rounds"] = [0.0101, 0.0202, 0.0071, 0.0101, 0.0101]  # every round within 3 % of the floor
+    assert any("+1.0 to +1.4 % over 5 rounds; within 3 %: met" in c for c in report.checks(cfg, rows))
+    rows[1]["decode_rounds"] = [0.011, 0.022, 0.0077, 0.011, 0.011]  # every round 10 % slower
     assert any("within 3 %: NOT met" in c for c in report.checks(cfg, rows))
-    rows[1]["decode_rounds"] = [0.0095, 0.020, 0.0074]  # rounds 5 % faster to 5 % slower: unresolved
-    assert any("-5.0 to +5.7 % over 3 rounds; within 3 %: not settled" in c for c in report.checks(cfg, rows))
+    rows[1]["decode_rounds"] = [0.0095, 0.020, 0.0074, 0.0095, 0.0095]  # 5 % faster to 5 % slower: unresolved
+    assert any("-5.0 to +5.7 % over 5 rounds; within 3 %: not settled" in c for c in report.checks(cfg, rows))
+    for r in rows:  # 3 rounds, every one 10 % slower: a 75 % interval settles nothing
+        r["decode_rounds"] = r["decode_rounds"][:3]
+    rows[1]["decode_rounds"] = [0.011, 0.022, 0.0077]
+    assert any("+10.0 to +10.0 % over 3 rounds; within 3 %: not settled: 75 % is too little confidence" in c
+               for c in report.checks(cfg, rows))
 
 
 def test_llama_cpp_and_ort_checks_pair_by_round():
@@ -203,16 +210,18 @@ def test_llama_cpp_and_ort_checks_pair_by_round():
     a slow round of one backend moves the median ratio only as far as that round does."""
     cfg = bench_config("tiny", 4)
     row = dict(prompt=8, generated=3, batch=1, prefill_s=1.0, peak_bytes=0, kv_bytes=0, note="", k=2)
-    rows = [dict(row, backend="ort", kind="base", decode_s=0.011, decode_rounds=[0.010, 0.011, 0.030]),
-            dict(row, backend="ort", kind="static", decode_s=0.009, decode_rounds=[0.009, 0.0099, 0.027]),
-            dict(row, backend="eager", kind="base", decode_s=0.033, decode_rounds=[0.030, 0.033, 0.090]),
-            dict(row, backend="llama.cpp-f32", kind="base", decode_s=0.010, decode_rounds=[0.010, 0.010, 0.025])]
+    rows = [dict(row, backend="ort", kind="base", decode_s=0.011, decode_rounds=[0.010, 0.011, 0.030, 0.010, 0.011]),
+            dict(row, backend="ort", kind="static", decode_s=0.009,
+                 decode_rounds=[0.009, 0.0099, 0.027, 0.009, 0.0099]),
+            dict(row, backend="eager", kind="base", decode_s=0.033, decode_rounds=[0.030, 0.033, 0.090, 0.030, 0.033]),
+            dict(row, backend="llama.cpp-f32", kind="base", decode_s=0.010,
+                 decode_rounds=[0.010, 0.010, 0.025, 0.010, 0.010])]
     out = report.against(rows)
-    assert any("our best (ort, 11.00 ms) vs llama.cpp-f32 (10.00 ms): 1.10x its time (75 % interval 1.00-1.20x; "
+    assert any("our best (ort, 11.00 ms) vs llama.cpp-f32 (10.00 ms): 1.10x its time (94 % interval 1.00-1.20x; "
                "within 1.2x: met" in c for c in out), out
     assert any("EAS-2 static merged (ort, 9.00 ms) vs llama.cpp-f32 base (10.00 ms): 0.99x its time "
-               "(75 % interval 0.90-1.08x; beats it: not settled" in c for c in out), out
-    assert any("3.00x faster than eager (11.00 vs 33.00 ms; 75 % interval 3.00-3.00x; >= 2x: met" in c
+               "(94 % interval 0.90-1.08x; beats it: not settled" in c for c in out), out
+    assert any("3.00x faster than eager (11.00 vs 33.00 ms; 94 % interval 3.00-3.00x; >= 2x: met" in c
                for c in report.checks(cfg, rows, ort_bar=True)), out
     assert any(c.endswith("3.00-3.00x)") for c in report.checks(cfg, rows)), out  # no bar: not the tiny model
 
