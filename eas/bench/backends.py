@@ -165,10 +165,10 @@ def session(backend: str, model, slots: int, threads: int, shared: SharedWeights
         return Eager(model)
     if backend == "compile":
         return Compiled(model)
-    cpu = model if model.tok_embeddings.weight.is_cpu else copy.deepcopy(model).cpu()
-    if backend == "ort":
-        return Ort(cpu, threads, shared=shared)
-    if backend == "ort-cpp":
+    if backend.startswith("ort"):  # ONNX Runtime runs on the CPU: export a CPU copy of a GPU model
+        cpu = model if model.tok_embeddings.weight.is_cpu else copy.deepcopy(model).cpu()
+        if backend == "ort":
+            return Ort(cpu, threads, shared=shared)
         from eas.bench.cpp import CppOrt
         return CppOrt(cpu, slots, threads)
     from eas.bench.llamacpp import LlamaCpp

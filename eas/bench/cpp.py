@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eas.bench.runner import proc_status
 from eas.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,13 +93,7 @@ class CppOrt:
 
     @property
     def weights(self) -> int:
-        try:
-            for line in open(f"/proc/{self.proc.pid}/status"):
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return proc_status("VmHWM:", self.proc.pid) or 0
 
     def __del__(self):
         proc = getattr(self, "proc", None)

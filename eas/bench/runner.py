@@ -56,9 +56,10 @@ class Timing:
                 "rounds": len(self.decode_s)}
 
 
-def _status(key: str) -> int | None:
+def proc_status(key: str, pid: int | str = "self") -> int | None:
+    """Bytes of a /proc/<pid>/status memory line (VmRSS:, VmHWM:); None where there is none."""
     try:
-        for line in open("/proc/self/status"):
+        for line in open(f"/proc/{pid}/status"):
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
     except OSError:
@@ -73,7 +74,7 @@ def _reset_peak() -> int | None:
             f.write("5")
     except OSError:
         return None
-    return _status("VmRSS:")
+    return proc_status("VmRSS:")
 
 
 def run_once(session, tokens: np.ndarray, generated: int, measure_memory: bool) -> tuple[float, float, int]:
@@ -84,7 +85,7 @@ def run_once(session, tokens: np.ndarray, generated: int, measure_memory: bool) 
     if generated > 1:
         session.decode(first, generated - 1)
     t2 = time.perf_counter()
-    peak = _status("VmHWM:") if before is not None else None
+    peak = proc_status("VmHWM:") if before is not None else None
     return t1 - t0, (t2 - t1) / max(1, generated - 1), (peak - before) if peak is not None else 0
 
 
