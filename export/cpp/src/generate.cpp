@@ -91,6 +91,10 @@ int64_t argmax(const Tensor& logits) {
     return best;
 }
 
+Decoder::Decoder(Runtime& runtime, const Manifest& manifest) : runtime_(runtime), manifest_(manifest) {
+    for (size_t i = 0; i < manifest.past.size(); ++i) into_[manifest.present[i]] = manifest.past[i];
+}
+
 const Tensor& Decoder::prefill(const Layout& layout, const std::optional<std::vector<float>>& pixels, int64_t slots) {
     const int64_t T = layout.length();
     if (layout.has_image != pixels.has_value()) throw RuntimeFailure("layout and pixels disagree about the image");
@@ -104,11 +108,8 @@ const Tensor& Decoder::prefill(const Layout& layout, const std::optional<std::ve
     // the manifest's state rule: K/V buffers of `slots` slots, slot T + n written by decode step n
     past_.clear();
     adapters_.clear();
-    into_.clear();
-    for (size_t i = 0; i < manifest_.past.size(); ++i) {
+    for (size_t i = 0; i < manifest_.past.size(); ++i)
         past_[manifest_.past[i]] = pad_slots(take(result, "prefill", manifest_.present[i]), slots);
-        into_[manifest_.present[i]] = manifest_.past[i];
-    }
     for (const std::string& name : manifest_.adapters) adapters_[name] = take(result, "prefill", name);
     key_mask_ = layout.key_mask;
     key_mask_.resize(static_cast<size_t>(slots), false);

@@ -20,7 +20,7 @@ namespace eas {
 // adapter tensors passed unchanged. generate() below and eas_serve drive it.
 class Decoder {
 public:
-    Decoder(Runtime& runtime, const Manifest& manifest) : runtime_(runtime), manifest_(manifest) {}
+    Decoder(Runtime& runtime, const Manifest& manifest);
     // pixels: [3, S, S] float32 from preprocess(), or none for a text-only prompt; returns the
     // logits of the prompt's last slot
     const Tensor& prefill(const Layout& layout, const std::optional<std::vector<float>>& pixels, int64_t slots);
@@ -31,7 +31,7 @@ private:
     Runtime& runtime_;
     const Manifest& manifest_;
     Tensors past_, adapters_;  // by decode input name
-    std::map<std::string, std::string> into_;  // each present K/V is written into its past buffer
+    std::map<std::string, std::string> into_;  // each present K/V is written into its past buffer (manifest)
     std::vector<bool> key_mask_;
     int64_t length_ = 0, position_ = 0;  // the slot the next step writes, and its position
     Tensor logits_;
