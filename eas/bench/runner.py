@@ -23,10 +23,6 @@ TIMING_ORDER = ("base", "static", "floor", "dynamic", "unmerged")
 # 2-core VM, tiny eager static/floor ratios per round spread with sd 3.4-4.7 % in 50 ms chunks (11
 # steps) and 1.1-1.3 % in chunks of 1-3 steps, the median unchanged (+1.6..+2.3 %, 50 rounds each).
 CHUNK_S = 0.01
-# Except compiled steps: the variants' graphs hang off one code object (Llama.decode_step), and in
-# 10 ms chunks every compiled EAS variant lost ground to the base (tiny, static speed-up 1.00 / 1.13
-# at K=2 / 4, against 1.08 / 1.32 in 50 ms chunks, 15 rounds each): switching is what cost there.
-CHUNK_S_COMPILED = 0.05
 
 
 @dataclass
@@ -128,8 +124,7 @@ def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda n
         tick()
     steps = cell.generated - 1
     groups = {key: [key] for key in order} if alone else {b: [key for key in order if key[0] == b] for b in backends}
-    chunks = {g: steps if alone else max(1, int((CHUNK_S_COMPILED if g == "compile" else CHUNK_S)
-                                                / max(min(step_s[key] for key in mine), 1e-6)))
+    chunks = {g: steps if alone else max(1, int(CHUNK_S / max(min(step_s[key] for key in mine), 1e-6)))
               for g, mine in groups.items()}
     turns = list(groups)
     for r in range(rounds):

@@ -1,14 +1,16 @@
 """`run.py bench` on tiny shapes: flags refused before work, K/V bytes, backends agree, the page."""
 import numpy as np
 import pytest
+import torch
 
 import run
 from eas.bench import cost, report, runner
-from eas.bench.backends import Eager, Ort
+from eas.bench.backends import Compiled, Eager, Ort
 from eas.bench.cli import PAGE_HEAD, bench
 from eas.bench.llamacpp import missing
 from eas.bench.ort_weights import MIN_SHARED_BYTES, SharedWeights, prepack_fits
 from eas.bench.variants import ADAPTERS, base_model, bench_config, variants
+from eas.model.llama import Llama
 
 TINY = ["--size", "tiny", "--layers", "2", "--skip", "0", "1", "--prompt", "8", "--generate", "3", "--rounds", "1"]
 
@@ -113,6 +115,21 @@ def test_ort_decodes_the_same_tokens_as_eager_and_holds_each_shared_weight_once(
     unpacked = Ort(models["static"], 1, shared=SharedWeights(prepack=False))  # what a 7B-width run uses
     assert all((a == b).all() for a, b in zip(_greedy(unpacked, tokens, 4), _greedy(Eager(models["static"]),
                                                                                       tokens, 4)))
+
+
+def test_each_compiled_session_has_a_cache_of_its_own_and_decodes_as_eager():
+    cfg = bench_config("tiny", 2)
+    models = variants(base_model(cfg), 1, ("base", "static", "floor"))
+    tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (2, 6))
+    sessions = {kind: Compiled(model) for kind, model in models.items()}
+    for kind, model in models.items():
+        compiled, eager = _greedy(sessions[kind], tokens, 4), _greedy(Eager(model), tokens, 4)
+        assert all((a == b).all() for a, b in zip(compiled, eager))
+    # one compiled graph per session's code, none on the shared Llama.decode_step
+    for session in sessions.values():
+        code = session.step._torchdynamo_orig_callable.__func__.__code__
+        assert len(torch._dynamo.eval_frame._debug_get_cache_entry_list(code)) == 1
+    assert not torch._dynamo.eval_frame._debug_get_cache_entry_list(Llama.decode_step.__code__)
 
 
 def test_weights_in_an_external_data_file_are_read_one_tensor_at_a_time(monkeypatch):
