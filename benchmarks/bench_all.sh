@@ -3,7 +3,8 @@
 # rewrites only its own size's section, so any one line can be rerun alone).
 set -e
 # the C++ app's loop (--backends ort-cpp); without it those lines say why they are skipped. Not at 7B
-# width: each of its graphs holds its own ~4 GB of weights, too many for 24 GiB with three variants.
+# width: each variant's app holds a pre-packed copy of its ~4 GB of weights beside the mapped file,
+# too many for 24 GiB with three variants beside the Python process's models.
 bash export/cpp/build.sh || echo "bench_all: the C++ app did not build; its ort-cpp lines will be skipped" >&2
 python run.py bench --size tiny --skip 0 2 4 --prompt 128 --generate 64 --backends eager compile ort ort-cpp llama.cpp-f32 llama.cpp-f16 --rounds 25 --profile --out docs/BENCHMARKS.md
 python run.py bench --size bench --skip 2 4 --prompt 128 1984 --generate 32 --backends eager ort ort-cpp llama.cpp-f32 llama.cpp-f16 --rounds 9 --profile --out docs/BENCHMARKS.md

@@ -15,8 +15,10 @@ from export.graphs import StateLayout, n_image_tokens, wiring
 from export.onnx_export import GraphSpec
 
 # 2: the task's prompt format; the image section's divisor replaces scale. 3: decode takes K/V
-# buffers of a fixed slot count and the slot to write (length), and returns them written.
-FORMAT, VERSION = "eas-export", 3
+# buffers of a fixed slot count and the slot to write (length), and returns them written. 4: each
+# graph lists its weights in the data file (name, offset, dtype, shape), so a runtime maps them
+# once for all its graphs.
+FORMAT, VERSION = "eas-export", 4
 TOKENIZER_FILE = "tokenizer.model"
 
 
@@ -94,8 +96,9 @@ def graph_sections(specs: list[GraphSpec], layout: StateLayout, max_batch: int, 
                           "length = T + n (the slot it writes, made visible in key_mask before or after the "
                           "step) and the adapter tensors unchanged, and returns the buffers with slot length "
                           "written as present: bind present to past's memory to update them in place"},
-        "graphs": {s.name: {"file": s.file, "data_file": s.data_file, "inputs": [t.to_json() for t in s.inputs],
-                            "outputs": [t.to_json() for t in s.outputs]} for s in specs},
+        "graphs": {s.name: {"file": s.file, "data_file": s.data_file, "weights": s.weights,
+                            "inputs": [t.to_json() for t in s.inputs], "outputs": [t.to_json() for t in s.outputs]}
+                   for s in specs},
         "profiles": profiles(max_batch, max_seq),
     }
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -36,9 +36,6 @@ ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "flo
 # for a constant or for another dim.
 EXAMPLE_DIMS = {"batch": 2, "images": 2, "seq": 5, "slots": 7}
 DIM_NAMES = tuple(EXAMPLE_DIMS)
-# A graph with more weights than this keeps them in an external data file (a protobuf holds at
-# most 2 GiB): the export folder's one shared file (export/external_data.py).
-EXTERNAL_DATA_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -58,6 +55,7 @@ class GraphSpec:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     data_file: str | None = None  # external weights, set by export_graph for large graphs
+    weights: list[dict] = field(default_factory=list)  # where in data_file each of them is
 
     @property
     def file(self) -> str:
@@ -125,9 +123,10 @@ def example_inputs(spec: GraphSpec, dims: dict[str, int], vocab: int, gen: torch
 
 
 def export_graph(spec: GraphSpec, path: Path, vocab: int, data: ExternalData | None = None) -> None:
-    """Trace spec.module on example inputs and write path; a graph with large weights puts them
-    in `data`, the folder's shared external data file (pass one ExternalData to all graphs of a
-    folder: each distinct tensor is then written once). The file's I/O must match the spec."""
+    """Trace spec.module on example inputs and write path; its weights go to `data`, the folder's
+    shared external data file (pass one ExternalData to all graphs of a folder: each distinct
+    tensor is then written once, and a runtime holds it once for all graphs; a protobuf could
+    not hold a 7B graph's weights anyway). The file's I/O must match the spec."""
     gen = torch.Generator().manual_seed(0)
     args = tuple(example_inputs(spec, EXAMPLE_DIMS, vocab, gen))
     axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs + spec.outputs}
@@ -147,11 +146,11 @@ def export_graph(spec: GraphSpec, path: Path, vocab: int, data: ExternalData | N
         shutil.rmtree(staging)
     restore_unused_inputs(proto, spec)
     check_io(proto, spec)
-    spec.data_file = None
-    if sum(len(t.raw_data) for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES:
-        data = data or ExternalData(path.parent / WEIGHTS_FILE)
-        data.move_out(proto)
-        spec.data_file = data.path.name
+    data = data or ExternalData(path.parent / WEIGHTS_FILE)
+    moved = data.move_out(proto)
+    spec.data_file = data.path.name if moved else None
+    spec.weights = [{"name": name, "offset": offset, "dtype": ONNX_DTYPES[code], "shape": list(dims)}
+                    for name, offset, code, dims in moved if code in ONNX_DTYPES]
     onnx.save(proto, str(path))
 
 

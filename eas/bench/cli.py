@@ -48,7 +48,8 @@ preallocated for prompt + generated slots, written in place; llama.cpp: slots fi
 *ort-cpp* = the C++ app's own generation loop on the same graphs (`eas_serve` of `export/cpp`, a
 child process given each prefill and chunk of decode steps over a pipe, whose round trip of tens of
 microseconds is in its time); its peak MB is the whole app process's peak resident size (the ONNX
-Runtime library included; each of its graphs holds its own weights).
+Runtime library included; its graphs share the weights file, mapped once and counted as its pages
+are read, and one pre-packed copy of the MatMul weights).
 Not measured here: TensorRT engines need a GPU (`export/trt_runtime.py`; none on this machine);
 `torch.compile` with CUDA graphs runs only on a GPU (`--backends compile` there)."""
 

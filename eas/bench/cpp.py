@@ -55,7 +55,7 @@ def write_export(model, folder: Path, slots: int) -> None:
 
 class CppOrt:
     """A model in a child `eas_serve` (ONNX Runtime, CPU), batch 1. weights: the child's peak
-    resident size (its graphs each hold their own copy of the weights, as the app runs them)."""
+    resident size (the mapped weights file's pages and the one pre-packed copy its graphs share)."""
 
     def __init__(self, model, slots: int, threads: int):
         reason = missing()

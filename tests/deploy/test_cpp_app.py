@@ -162,6 +162,35 @@ def test_errors_for_a_manifest_that_does_not_fit(app, tmp_path):
         run(app, "eas_generate", "--engine", str(no_slot), "--prompt", "Hi"))
 
 
+def test_the_app_reads_each_weight_where_the_manifest_says(app, tmp_path):
+    """The graphs' weights come from the data file at the manifest's offsets (mapped once for all
+    graphs), not from each session's own load: two same-shaped weights swapped in the manifest
+    change the answer, and one past the end of the file is refused, named."""
+    args = ["--prompt", "Hi", "--max-new-tokens", "8", "--ids"]
+    right = run(app, "eas_generate", "--engine", str(exported("lavin", "dynamic")), *args)
+    assert right.returncode == 0, right.stderr.decode()
+
+    def swap(text: str) -> str:
+        manifest = json.loads(text)
+        weights = manifest["graphs"]["decode"]["weights"]
+        a, b = next((a, b) for a in weights for b in weights
+                    if a["shape"] == b["shape"] and a["dtype"] == b["dtype"] and a["offset"] < b["offset"])
+        a["offset"], b["offset"] = b["offset"], a["offset"]
+        return json.dumps(manifest)
+
+    swapped = run(app, "eas_generate", "--engine", str(broken_copy(tmp_path / "a", swap)), *args)
+    assert swapped.returncode == 0, swapped.stderr.decode()
+    assert swapped.stdout != right.stdout
+
+    def past_end(text: str) -> str:
+        manifest = json.loads(text)
+        manifest["graphs"]["prefill"]["weights"][0]["offset"] = 1 << 40
+        return json.dumps(manifest)
+
+    message = error_of(run(app, "eas_generate", "--engine", str(broken_copy(tmp_path / "b", past_end)), "--prompt", "Hi"))
+    assert "of graph prefill" in message and "lies past the end of" in message and "weights.data" in message
+
+
 def test_a_task_without_its_own_question_needs_a_prompt(app, tmp_path):
     sqa = broken_copy(tmp_path, lambda text: text.replace('"question": "What is the label for this image?"',
                                                           '"question": null').replace('"task": "aid"', '"task": "slake"'))

@@ -195,11 +195,9 @@ def test_fp16_graphs_keep_norms_and_softmax_in_fp32_and_match_within_1e_2(kind, 
     assert rel_err(torch.from_numpy(logits.astype(np.float32)), ref) < 1e-2
 
 
-def test_large_weights_go_to_one_shared_data_file_each_tensor_once(tmp_path, monkeypatch):
-    """What a >1 GiB model (LaVIN-7B) gets, forced on a small one: graphs + one weights.data that
-    holds each distinct tensor once (prefill and decode share the weights), verified."""
-    from export import onnx_export
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
+def test_weights_go_to_one_shared_data_file_each_tensor_once(tmp_path):
+    """Graphs + one weights.data that holds each distinct tensor once (prefill and decode share
+    the weights), aligned, and listed per graph in the manifest as the graph points at it."""
     merged = exported("text", "dynamic").parent / "merged.pt"
     manifest = pipeline.export_model(merged, tmp_path / "out", onnx_only=True, log=lambda line: None)
     out = tmp_path / "out"
@@ -209,10 +207,14 @@ def test_large_weights_go_to_one_shared_data_file_each_tensor_once(tmp_path, mon
     refs = {}  # (offset, length) -> the graphs pointing there
     for name, graph in manifest["graphs"].items():
         proto = onnx.load(str(out / graph["file"]), load_external_data=False)
+        listed = {w["name"]: w for w in graph["weights"]}
         for t in proto.graph.initializer:
             if t.data_location == onnx.TensorProto.EXTERNAL:
                 info = {e.key: e.value for e in t.external_data}
                 refs.setdefault((int(info["offset"]), int(info["length"])), set()).add(name)
+                w = listed.pop(t.name)
+                assert (w["offset"], w["shape"]) == (int(info["offset"]), list(t.dims)) and w["offset"] % 64 == 0
+        assert not listed  # the manifest names no weight the graph does not read from the file
         assert (out / graph["file"]).stat().st_size * 3 < (out / "weights.data").stat().st_size
     assert any(graphs == {"prefill", "decode"} for graphs in refs.values())  # the layers' weights
     assert any(graphs == {"embed", "decode"} for graphs in refs.values())  # the embedding table

@@ -12,7 +12,7 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kFormat = "eas-export";
-constexpr int kVersion = 3;
+constexpr int kVersion = 4;
 
 // Looks keys up by dotted path and names the file and the key in every error.
 class Reader {
@@ -85,6 +85,32 @@ std::vector<TensorSpec> read_tensors(const Reader& r, const std::string& key) {
             r.fail(item, e.what());
         }
         out.push_back(std::move(spec));
+    }
+    return out;
+}
+
+std::vector<WeightRef> read_weights(const Reader& r, const std::string& key) {
+    const json& list = r.at(key);
+    if (!list.is_array()) r.fail(key, "is not a list");
+    std::vector<WeightRef> out;
+    for (size_t i = 0; i < list.size(); ++i) {
+        const std::string item = key + "[" + std::to_string(i) + "]";
+        const json& t = list[i];
+        WeightRef w;
+        try {
+            w.name = t.at("name").get<std::string>();
+            w.offset = t.at("offset").get<int64_t>();
+            w.shape = t.at("shape").get<std::vector<int64_t>>();
+            w.dtype = dtype_from_name(t.at("dtype").get<std::string>());
+        } catch (const json::exception&) {
+            r.fail(item, "is not {name, offset, dtype, shape}");
+        } catch (const InputError& e) {
+            r.fail(item, e.what());
+        }
+        bool negative = w.offset < 0;
+        for (int64_t d : w.shape) negative |= d < 0;
+        if (negative) r.fail(item, "has a negative offset or size");
+        out.push_back(std::move(w));
     }
     return out;
 }
@@ -170,6 +196,10 @@ Manifest load_manifest(const std::string& folder) {
     for (const auto& [name, _] : graphs.items()) {
         GraphSpec g;
         g.file = r.get<std::string>("graphs." + name + ".file", "a file name");
+        if (r.has("graphs." + name + ".data_file")) {
+            g.data_file = r.get<std::string>("graphs." + name + ".data_file", "a file name or null");
+            g.weights = read_weights(r, "graphs." + name + ".weights");
+        }
         g.inputs = read_tensors(r, "graphs." + name + ".inputs");
         g.outputs = read_tensors(r, "graphs." + name + ".outputs");
         m.graphs[name] = std::move(g);

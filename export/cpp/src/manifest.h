@@ -27,8 +27,18 @@ struct TensorSpec {
     DType dtype = DType::f32;
 };
 
+// A weight of a graph in its external data file: read there by the runtime, once for all graphs.
+struct WeightRef {
+    std::string name;  // the graph's initializer
+    int64_t offset = 0;
+    DType dtype = DType::f32;
+    std::vector<int64_t> shape;
+};
+
 struct GraphSpec {
-    std::string file;  // relative to the manifest's folder
+    std::string file;       // relative to the manifest's folder
+    std::string data_file;  // its external weights, or empty (all in the graph file)
+    std::vector<WeightRef> weights;
     std::vector<TensorSpec> inputs, outputs;
 };
 
