@@ -28,7 +28,7 @@ its own section, whose command is printed in it, so one size can be rerun alone)
 How to read: every variant of a section's cell is timed round-robin in one run (per backend: base,
 static, floor, dynamic, unmerged; the order rotates each round and runs backwards every other
 round), one warm-up round discarded. Within a round each backend's sessions prefill in turn, then
-their decode steps interleave in chunks of about 10 ms (one step at 7B width), so a slow spell of
+their decode steps interleave in chunks of about 10 ms (compile: 50 ms; one step at 7B width), so a slow spell of
 this shared machine reaches every variant alike; backends take turns whole (interleaved with
 another runtime, a session shares the cores with its spinning threads). llama.cpp is timed in a
 table of its own with our base and static merged sessions, each session alone in its turn (as one

@@ -23,6 +23,13 @@ TIMING_ORDER = ("base", "static", "floor", "dynamic", "unmerged")
 # 2-core VM, tiny eager static/floor ratios per round spread with sd 3.4-4.7 % in 50 ms chunks (11
 # steps) and 1.1-1.3 % in chunks of 1-3 steps, the median unchanged (+1.6..+2.3 %, 50 rounds each).
 CHUNK_S = 0.01
+# Except compiled steps: switching between compiled sessions costs far more than between eager
+# ones, for a cause not pinned down (not dynamo's guard cache: each session has its own, see
+# eas/bench/backends.py). Tiny,
+# five variants, 25 rounds: in 10 ms chunks (3-4 steps) the compiled base decoded 2.91 ms/token
+# against 1.81 ms running its steps whole, and static merged read 0.97x the base; in 50 ms chunks
+# (an earlier run) 1.66 against 1.50 ms, static merged 1.10x.
+CHUNK_S_COMPILED = 0.05
 
 
 @dataclass
@@ -124,7 +131,8 @@ def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda n
         tick()
     steps = cell.generated - 1
     groups = {key: [key] for key in order} if alone else {b: [key for key in order if key[0] == b] for b in backends}
-    chunks = {g: steps if alone else max(1, int(CHUNK_S / max(min(step_s[key] for key in mine), 1e-6)))
+    chunks = {g: steps if alone else max(1, int((CHUNK_S_COMPILED if g == "compile" else CHUNK_S)
+                                                / max(min(step_s[key] for key in mine), 1e-6)))
               for g, mine in groups.items()}
     turns = list(groups)
     for r in range(rounds):
