@@ -92,6 +92,21 @@ def run_once(session, tokens: np.ndarray, generated: int, measure_memory: bool) 
     return t1 - t0, (t2 - t1) / max(1, generated - 1), (peak - before) if peak is not None else 0
 
 
+def turn_order(keys: list, r: int) -> list:
+    """Round r's order of one group's sessions: rotated by r, backwards in odd rounds, and static
+    merged and the floor trading places in every other pair of rounds. The order is a cycle (decode
+    chunks go round it), so rotating alone never changes who follows whom: static merged always
+    followed the base (forwards) or the floor (backwards), the floor always static or dynamic.
+    With the trade each of the two follows the base, dynamic and the other alike over 4 rounds."""
+    keys = list(keys)
+    kinds = [kind for _, kind in keys]
+    if r % 4 >= 2 and "static" in kinds and "floor" in kinds:
+        i, j = kinds.index("static"), kinds.index("floor")
+        keys[i], keys[j] = keys[j], keys[i]
+    turn = keys[r % len(keys):] + keys[:r % len(keys)]
+    return turn[::-1] if r % 2 else turn
+
+
 def _timed_round(sessions: dict, turn: list, tokens: np.ndarray, steps: int, chunk: int, timings: dict) -> None:
     """Each session of `turn` prefills, then their decode steps interleave `chunk` steps at a time."""
     token, spent = {}, dict.fromkeys(turn, 0.0)
@@ -139,8 +154,7 @@ def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda n
         seq = turns[r % len(turns):] + turns[:r % len(turns)]
         for g in seq[::-1] if r % 2 else seq:
             mine = groups[g]
-            turn = mine[r % len(mine):] + mine[:r % len(mine)]
-            _timed_round(sessions, turn[::-1] if r % 2 else turn, tokens, steps, chunks[g], timings)
+            _timed_round(sessions, turn_order(mine, r), tokens, steps, chunks[g], timings)
             tick(len(mine))
     for key in order:
         timings[key].transient_bytes = run_once(sessions[key], tokens, cell.generated, True)[2]

@@ -290,6 +290,21 @@ def test_static_and_floor_are_timed_back_to_back():
     assert round_1 == ["eager"] * 5 + ["ort"] * 5
 
 
+def test_static_and_floor_follow_the_same_sessions_alike():
+    """Decode chunks go round each round's order as a cycle: over 4 rounds static merged and the
+    floor each follow the base, dynamic and each other equally often, and stay back to back."""
+    keys = [("eager", kind) for kind in runner.TIMING_ORDER]
+    before = {"static": [], "floor": []}
+    for r in range(4):
+        kinds = [kind for _, kind in runner.turn_order(keys, r)]
+        assert sorted(kinds) == sorted(runner.TIMING_ORDER)
+        assert (kinds.index("static") - kinds.index("floor")) % 5 in (1, 4)
+        for kind in before:
+            before[kind].append(kinds[kinds.index(kind) - 1])
+    assert sorted(before["static"]) == ["base", "dynamic", "floor", "floor"]
+    assert sorted(before["floor"]) == ["base", "dynamic", "static", "static"]
+
+
 def test_alone_every_session_takes_its_turn_whole():
     """Against llama.cpp: each session prefills and decodes all its steps in its own turn; turns
     rotate, and reverse in odd rounds."""

@@ -4,10 +4,10 @@
 //
 // Weights are held once for all graphs. The prefill and decode graphs read the same tensors from
 // one data file, and each session would load its own copy and pre-pack its MatMul weights into
-// another (dim 1024, 417 MB of weights: 1,034 MB resident). Here the data file is mapped once,
-// every graph's weights are handed to its session over that mapping (AddInitializer: ONNX Runtime
-// reads the caller's buffer), and the sessions share one pre-packed copy of each
-// (PrepackedWeightsContainer).
+// another. Here the data file is mapped once, every graph's weights are handed to its session over
+// that mapping (AddInitializer: ONNX Runtime reads the caller's buffer), and the sessions share one
+// pre-packed copy of each (PrepackedWeightsContainer). Dim 1024, 417 MB of weights: 465 MB of
+// anonymous memory in eas_serve, against 1,059 MB with each session loading its own.
 #include <fcntl.h>
 #include <onnxruntime_cxx_api.h>
 #include <sys/mman.h>
