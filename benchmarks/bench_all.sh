@@ -1,8 +1,8 @@
 #!/bin/sh
-# Regenerates every section of docs/BENCHMARKS.md (about 80 minutes on 2 CPU cores; on 2026-12-01 the tiny, dim 512 and 1024 lines took 26 min, the two 7B-width lines 34, the K = L/4 line 19; the 7B-width ONNX Runtime line is its own run, to fit in 24 GiB; each command
+# Regenerates every section of docs/BENCHMARKS.md (about 90 minutes on 2 CPU cores: the tiny, dim 512 and 1024 lines took 33 min on 2026-12-02, the two 7B-width lines 34 and the K = L/4 line 19 on 12-01; the 7B-width ONNX Runtime line is its own run, to fit in 24 GiB; each command
 # rewrites only its own size's section, so any one line can be rerun alone).
 set -e
-# the C++ app's loop (--backends ort-cpp); without it those lines say why they are skipped. Not at 7B
+# The C++ app is built first (export/cpp/build.sh): it runs the app's loop (--backends ort-cpp); without it those lines say why they are skipped. Not at 7B
 # width: each variant's app holds a pre-packed copy of its ~4 GB of weights beside the mapped file,
 # too many for 24 GiB with three variants beside the Python process's models.
 bash export/cpp/build.sh || echo "bench_all: the C++ app did not build; its ort-cpp lines will be skipped" >&2
