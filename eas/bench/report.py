@@ -147,15 +147,15 @@ def plot(cfg, rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
     first = rows[0]
     for backend in dict.fromkeys(r["backend"] for r in rows):
         mine = [r for r in rows if r["backend"] == backend]
         base = _find(mine, kind="base")
         pts = sorted({0: base["decode_s"] * 1e3, **{r["k"]: r["decode_s"] * 1e3 for r in mine if r["kind"] == "static"}}.items())
-        if backend.startswith("llama.cpp"):
-            ax.axhline(pts[0][1], ls=":", lw=1, color="grey")
-            ax.annotate(f"{backend} base", (0, pts[0][1]), fontsize=7, va="bottom")
+        if backend.startswith("llama.cpp"):  # a reference level, named in the legend (labels on the axes collide)
+            ax.axhline(pts[0][1], ls=":" if backend.endswith("f32") else "-.", lw=1, color="grey",
+                       label=f"{backend} base")
             continue
         line, = ax.plot([k for k, _ in pts], [v for _, v in pts], "o-", label=f"{backend} (base, then static merged)")
         ks = [k for k, _ in pts]
@@ -166,10 +166,10 @@ def plot(cfg, rows: list[dict], path: Path, title: str) -> None:
     ax.set_xlabel("K (attentions skipped)")
     ax.set_ylabel("decode ms/token")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside, not over, the lines
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
