@@ -124,8 +124,9 @@ const Tensor& Decoder::step(int64_t token) {
     if (length_ >= static_cast<int64_t>(key_mask_.size()))
         throw InputError("all " + std::to_string(key_mask_.size()) + " K/V slots are written");
     key_mask_[static_cast<size_t>(length_)] = true;
-    Tensors step_in = adapters_;  // small (a few numbers per example) and the same for every step
+    Tensors step_in;  // the state goes in by move and comes back below: no copy per step
     for (auto& [name, kv] : past_) step_in[name] = std::move(kv);
+    for (auto& [name, t] : adapters_) step_in[name] = std::move(t);
     step_in["token"] = int64_tensor({token}, {1});
     step_in["position"] = int64_tensor({position_}, {1});
     step_in["length"] = int64_tensor({length_}, {});
@@ -133,6 +134,7 @@ const Tensor& Decoder::step(int64_t token) {
     Tensors fed = feed(manifest_, "decode", step_in);
     Tensors result = runtime_.run_into("decode", fed, into_);
     for (const std::string& name : manifest_.past) past_[name] = std::move(fed.at(name));
+    for (const std::string& name : manifest_.adapters) adapters_[name] = std::move(fed.at(name));
     ++length_;
     ++position_;
     logits_ = take(result, "decode", "logits");

@@ -31,7 +31,7 @@ private:
     Runtime& runtime_;
     const Manifest& manifest_;
     Tensors past_, adapters_;  // by decode input name
-    std::map<std::string, std::string> into_;  // each present K/V is written into its past buffer (manifest)
+    std::map<std::string, std::string> into_;  // each present K/V is written into its past buffer
     std::vector<bool> key_mask_;
     int64_t length_ = 0, position_ = 0;  // the slot the next step writes, and its position
     Tensor logits_;
