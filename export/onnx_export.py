@@ -54,7 +54,7 @@ class GraphSpec:
     module: nn.Module
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    data_file: str | None = None  # external weights, set by export_graph for large graphs
+    data_file: str | None = None  # the folder's weights file, set by export_graph (None: all inline)
     weights: list[dict] = field(default_factory=list)  # where in data_file each of them is
 
     @property

@@ -64,13 +64,13 @@ class Eager:
 class Compiled(Eager):
     """The decode step compiled once per state size; CUDA graphs on a GPU ("reduce-overhead").
 
-    Dynamo keeps compiled graphs on the code object and, at every call, tries the guards of its
-    entries newest first. Every model's decode_step is the same code, so sessions of one process
-    would share one cache, and each step would first fail the guards of every session compiled
-    after its own: a bias by compile order (the base, compiled first, paid the most). Each
-    session compiles a copy of the code instead, a cache of one entry, as a deployed model has.
-    Tiny model, nine sessions: the first-compiled base's step took 35 us (2.2 %) longer on the
-    shared code than the same model on its own copy (40 alternating runs of 100 steps)."""
+    Dynamo keeps compiled graphs on the code object and, at a call, tries the guards of its
+    entries in turn. Every model's decode_step is the same code, so sessions of one process
+    would share one cache, and a session would first fail the guards of the entries ahead of its
+    own. Each session compiles a copy of the code instead, a cache of one entry, as a deployed
+    model has. Dynamo moves the entry it hits to the front, so the walk is paid when sessions switch: five
+    tiny sessions switching every step cost +540 us per step on the shared code, +370 us with a
+    copy each (the rest of the switching cost: eas/bench/runner.py, CHUNK_S_COMPILED)."""
 
     def __init__(self, model):
         super().__init__(model)

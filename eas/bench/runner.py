@@ -25,10 +25,9 @@ TIMING_ORDER = ("base", "static", "floor", "dynamic", "unmerged")
 CHUNK_S = 0.01
 # Except compiled steps: switching between compiled sessions costs far more than between eager
 # ones, for a cause not pinned down (not dynamo's guard cache: each session has its own, see
-# eas/bench/backends.py). Tiny,
-# five variants, 25 rounds: in 10 ms chunks (3-4 steps) the compiled base decoded 2.91 ms/token
-# against 1.81 ms running its steps whole, and static merged read 0.97x the base; in 50 ms chunks
-# (an earlier run) 1.66 against 1.50 ms, static merged 1.10x.
+# eas/bench/backends.py). Tiny, five variants, 25 rounds: in 10 ms chunks (3-4 steps) the compiled
+# base decoded 2.91 ms/token against 1.81 ms running its steps whole, and static merged read 0.97x
+# the base; in 50 ms chunks (an earlier run) 1.66 against 1.50 ms, static merged 1.10x.
 CHUNK_S_COMPILED = 0.05
 
 
