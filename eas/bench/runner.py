@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eas.bench import backends as B
-from eas.bench.variants import variants, weight_bytes
+from eas.bench.variants import CONTROL, variants, weight_bytes
 
 
-TIMING_ORDER = ("base", "static", "floor", "dynamic", "unmerged")
+# The control follows the floor: static merged and the control, each compared with the floor, each
+# sit beside it (turn_order gives their predecessors).
+TIMING_ORDER = ("base", "static", "floor", CONTROL, "dynamic", "unmerged")
 # Decode time each session runs before the next one's turn. Finer is better paired: on this project's
 # 2-core VM, tiny eager static/floor ratios per round spread with sd 3.4-4.7 % in 50 ms chunks (11
 # steps) and 1.1-1.3 % in chunks of 1-3 steps, the median unchanged (+1.6..+2.3 %, 50 rounds each).
@@ -96,7 +98,9 @@ def turn_order(keys: list, r: int) -> list:
     merged and the floor trading places in every other pair of rounds. The order is a cycle (decode
     chunks go round it), so rotating alone never changes who follows whom: static merged always
     followed the base (forwards) or the floor (backwards), the floor always static or dynamic.
-    With the trade each of the two follows the base, dynamic and the other alike over 4 rounds."""
+    With the trade, over 4 rounds each of the two follows the base once, the A/A control (or
+    dynamic) once and the other twice; the control follows the floor once, static once and the
+    session after it in TIMING_ORDER twice."""
     keys = list(keys)
     kinds = [kind for _, kind in keys]
     if r % 4 >= 2 and "static" in kinds and "floor" in kinds:
@@ -169,7 +173,8 @@ def time_cell(sessions: dict, cell: Cell, rounds: int, vocab: int, tick=lambda n
 def build_sessions(base, k: int, kinds, backends, slots: int, threads: int, cache: dict,
                    shared: B.SharedWeights | None = None) -> tuple[dict, list[str]]:
     """{(backend, kind): session} for EAS-K; base sessions are reused across K (cache), and ONNX
-    Runtime sessions hold the weights they share once (`shared`)."""
+    Runtime sessions hold the weights they share once (`shared`), but for the A/A control, whose
+    point is storage of its own (a pool of its own: `shared` keys tensors by content)."""
     models = variants(base, k, kinds)
     sessions, skipped = {}, []
     for backend in backends:
@@ -183,7 +188,8 @@ def build_sessions(base, k: int, kinds, backends, slots: int, threads: int, cach
             if backend.startswith("ort") and kind == "unmerged":
                 skipped.append(f"{backend}/unmerged: the export takes merged models (export/onnx_export.py)")
                 continue
-            sessions[key] = B.session(backend, model, slots, threads, shared)
+            pool = B.SharedWeights(shared.prepack if shared else True) if kind == CONTROL else shared
+            sessions[key] = B.session(backend, model, slots, threads, pool)
             if kind == "base":
                 cache[key] = sessions[key]
         gc.collect()

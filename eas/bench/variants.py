@@ -7,6 +7,10 @@ deployed models have: a floor sharing every tensor with the base, which runs in 
 decoded 1-4 % faster than its own copy on this project's 2-core CPU, more than the gap it is
 compared with. Above it weights stream from memory either way, and a 7B-width benchmark holds one
 base plus the merged q/k/v and W1/W3 copies, not five models.
+
+The A/A control (CONTROL) is a second copy of the floor with storage of its own at every size: two
+identical models timed side by side, whose gap is this machine's resolution for the static-vs-floor
+check (copies of one tiny or dim-1024 model differed by -1.9 to +3.4 % in their medians here).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ SIZES = {
     "bench-1024": dict(dim=1024, n_layers=8, n_heads=16, vocab_size=4000, multiple_of=64, max_seq_len=1024),
     "7b-width": dict(dim=4096, n_layers=4, n_heads=32, vocab_size=32000, hidden_dim=11008, max_seq_len=1024),
 }
+CONTROL = "control"  # not a model variant: timed, never costed (the floor's cost is its own)
 OWN_STORAGE_BYTES = 1 << 30  # below it, compared variants do not share weight storage (see above)
 ADAPTERS = Adapters(adapter_dim=8, skip_dim=32, groups=2)  # LaVIN-7B's widths
 
@@ -82,7 +87,8 @@ def eas_model(base: Llama, skip: tuple[int, ...], ad: Adapters = ADAPTERS, seed:
 @torch.no_grad()
 def variants(base: Llama, k: int, kinds=("base", "unmerged", "static", "dynamic", "floor"),
              ad: Adapters = ADAPTERS) -> dict[str, Llama]:
-    """{kind: model} for EAS-K; static routes calibrated on random prompts (SYNTHETIC)."""
+    """{kind: model} for EAS-K; static routes calibrated on random prompts (SYNTHETIC); kinds may
+    name CONTROL, a copy of the floor (which it needs) on storage of its own."""
     cfg = base.cfg
     skip = skip_layers(cfg.n_layers, k)
     out: dict[str, Llama] = {"base": base}
@@ -103,6 +109,8 @@ def variants(base: Llama, k: int, kinds=("base", "unmerged", "static", "dynamic"
         out["floor"] = delete_attention(base, skip)
     if weight_bytes(base) < OWN_STORAGE_BYTES:
         out.update({kind: copy.deepcopy(out[kind]) for kind in ("static", "dynamic", "floor") if kind in out})
+    if CONTROL in kinds and "floor" in out:
+        out[CONTROL] = copy.deepcopy(out["floor"])
     return {kind: out[kind] for kind in kinds if kind in out}
 
 
