@@ -14,3 +14,6 @@ python run.py bench --size 7b-width --layers 4 --skip 1 2 --prompt 128 --generat
 # K = L/4 at 7B width saves ~8 % of the decode bytes, so telling 90 % of that saving apart takes the
 # speed-up to within ~1 %: 25 rounds of base, static merged and the floor alone, both backends.
 python run.py bench --size 7b-width --layers 4 --skip 1 --prompt 128 --generate 16 --backends eager ort --variants base static floor --rounds 25 --section 7b-width-quarter --out docs/BENCHMARKS.md
+# The same K against llama.cpp F32: at 7B width both decode at this machine's memory bandwidth, so
+# EAS-1's ~8 % fewer bytes are the whole margin, and 9 rounds (the 7b-width line) do not resolve it.
+python run.py bench --size 7b-width --layers 4 --skip 1 --prompt 128 --generate 16 --backends eager llama.cpp-f32 --variants base static floor --rounds 25 --section 7b-width-versus --out docs/BENCHMARKS.md

@@ -5,6 +5,8 @@ skipped with the reason printed and written to the page.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import platform
 import sys
 from pathlib import Path
@@ -193,7 +195,11 @@ def render(cfg, size: str, key: str, rows: list[dict], notes: list[str], argv, o
         first = [r for r in rows if (r["prompt"], r["generated"], r["batch"]) == (rows[0]["prompt"],
                  rows[0]["generated"], rows[0]["batch"]) and (not r["alone"] or r["backend"].startswith("llama.cpp"))]
         report.plot(cfg, first, png, f"{size}: prompt {rows[0]['prompt']}, {rows[0]['generated']} generated")
-        lines += [f"![decode ms/token vs K, {key}](bench/{key}.png)", ""]
+        raw = {"command": cmd.strip(), "machine": machine(), "threads": torch.get_num_threads(),
+               "config": dataclasses.asdict(cfg), "rows": rows}
+        write_text_atomic(png.with_suffix(".json"), json.dumps(raw, indent=1) + "\n")
+        lines += [f"![decode ms/token vs K, {key}](bench/{key}.png)", "",
+                  f"Every round's times (seconds), for checks of one's own: [bench/{key}.json](bench/{key}.json).", ""]
     return "\n".join(lines)
 
 

@@ -54,7 +54,8 @@ class Timing:
 
     def row(self) -> dict:
         return {"backend": self.backend, "kind": self.kind, "prefill_s": statistics.median(self.prefill_s),
-                "decode_s": statistics.median(self.decode_s), "decode_rounds": list(self.decode_s),
+                "decode_s": statistics.median(self.decode_s), "prefill_rounds": list(self.prefill_s),
+                "decode_rounds": list(self.decode_s),
                 "peak_bytes": self.weight_bytes + self.transient_bytes,
                 "weight_bytes": self.weight_bytes, "kv_bytes": self.kv_bytes, "note": self.note,
                 "rounds": len(self.decode_s)}

@@ -1,4 +1,6 @@
 """`run.py bench` on tiny shapes: flags refused before work, K/V bytes, backends agree, the page."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -51,6 +53,10 @@ def test_tiny_run_writes_its_section_and_kv_bytes_are_exact(tmp_path, capsys):
     page = out.read_text()
     assert "other size" in page and "<!-- bench:tiny -->" in page and "Command: `python run.py bench --size tiny`" in page
     assert (tmp_path / "bench" / "tiny.png").stat().st_size > 0
+    raw = json.loads((tmp_path / "bench" / "tiny.json").read_text())  # every round's times, beside the page
+    assert raw["config"]["n_layers"] == 2 and raw["command"] == "python run.py bench --size tiny"
+    assert [(r["kind"], r["decode_rounds"], r["prefill_rounds"]) for r in raw["rows"]] == \
+        [(r["kind"], r["decode_rounds"], r["prefill_rounds"]) for r in rows]
     cfg = bench_config("tiny", 2)
     kv = {(r["kind"], r["k"]): r["kv_bytes"] for r in rows}
     assert kv[("base", 0)] == cost.kv_cache_bytes(cfg, "base", 0, 1, 11)
