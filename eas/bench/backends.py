@@ -68,9 +68,9 @@ class Compiled(Eager):
     entries in turn. Every model's decode_step is the same code, so sessions of one process
     would share one cache, and a session would first fail the guards of the entries ahead of its
     own. Each session compiles a copy of the code instead, a cache of one entry, as a deployed
-    model has. Dynamo moves the entry it hits to the front, so the walk is paid when sessions switch: five
-    tiny sessions switching every step cost +540 us per step on the shared code, +370 us with a
-    copy each (the rest of the switching cost: eas/bench/runner.py, CHUNK_S_COMPILED)."""
+    model has. Dynamo moves the entry it hits to the front, so the walk is paid when sessions
+    switch: five tiny sessions switching every step cost +540 us per step on the shared code,
+    +370 us with a copy each (the rest of the switching cost: eas/bench/runner.py, CHUNK_S_COMPILED)."""
 
     def __init__(self, model):
         super().__init__(model)

@@ -5,7 +5,6 @@ skipped with the reason printed and written to the page.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import sys
@@ -20,6 +19,7 @@ from eas.bench.ort_weights import SharedWeights, prepack_fits
 from eas.bench.runner import Cell, build_sessions, time_cell
 from eas.bench.variants import ADAPTERS, CONTROL, SIZES, base_model, bench_config, skip_layers, weight_bytes
 from eas.errors import UsageError
+from eas.model.config import to_dict
 from eas.io.files import write_text_atomic
 
 PAGE_HEAD = """# Benchmarks
@@ -196,7 +196,7 @@ def render(cfg, size: str, key: str, rows: list[dict], notes: list[str], argv, o
                  rows[0]["generated"], rows[0]["batch"]) and (not r["alone"] or r["backend"].startswith("llama.cpp"))]
         report.plot(cfg, first, png, f"{size}: prompt {rows[0]['prompt']}, {rows[0]['generated']} generated")
         raw = {"command": cmd.strip(), "machine": machine(), "threads": torch.get_num_threads(),
-               "config": dataclasses.asdict(cfg), "rows": rows}
+               "config": to_dict(cfg), "rows": rows}
         write_text_atomic(png.with_suffix(".json"), json.dumps(raw, indent=1) + "\n")
         lines += [f"![decode ms/token vs K, {key}](bench/{key}.png)", "",
                   f"Every round's times (seconds), for checks of one's own: [bench/{key}.json](bench/{key}.json).", ""]

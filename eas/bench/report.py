@@ -118,20 +118,22 @@ def _vs_floor(static: dict, floor: dict, control: dict | None) -> list[str]:
     """Static merged against the floor, and the A/A control (a second copy of the floor) against it:
     where two identical models do not read within the bar, this cell cannot tell static merged's
     cost from where each copy's weights happen to lie, in either direction: not settled."""
-    said = {}
-    for name, r in (("static merged", static), ("A/A control", control)):
-        if r is None:
-            continue
-        gap, lo, hi, conf = paired(r, floor)
-        said[name] = [verdict(lo, hi, WITHIN, conf),
-                      f"- {r['backend']}, K={r['k']}: {name} decode vs floor {(gap - 1) * 100:+.1f} % ({conf * 100:.0f} % "
-                      f"interval {(lo - 1) * 100:+.1f} to {(hi - 1) * 100:+.1f} % over "
-                      f"{len(r.get('decode_rounds', [0]))} rounds; within 3 %: "]
-    settled = not said["static merged"][0].startswith("not settled")
-    if control is not None and said["A/A control"][0] != "met" and settled:
-        said["static merged"][0] = (f"not settled: the A/A control below is not met itself "
-                                    f"(alone this would read {said['static merged'][0]})")
-    return [line + v + ")" for v, line in said.values()]
+    said, line = _gap("static merged", static, floor)
+    if control is None:
+        return [line + said + ")"]
+    aa_said, aa_line = _gap("A/A control", control, floor)
+    if aa_said != "met" and not said.startswith("not settled"):
+        said = f"not settled: the A/A control below is not met itself (alone this would read {said})"
+    return [line + said + ")", aa_line + aa_said + ")"]
+
+
+def _gap(name: str, r: dict, floor: dict) -> tuple[str, str]:
+    """(verdict within 3 %, the check's line up to it) for r's decode time against the floor's."""
+    gap, lo, hi, conf = paired(r, floor)
+    return verdict(lo, hi, WITHIN, conf), (
+        f"- {r['backend']}, K={r['k']}: {name} decode vs floor {(gap - 1) * 100:+.1f} % ({conf * 100:.0f} % "
+        f"interval {(lo - 1) * 100:+.1f} to {(hi - 1) * 100:+.1f} % over {len(r.get('decode_rounds', [0]))} "
+        f"rounds; within 3 %: ")
 
 
 def _interval(lo: float, hi: float, conf: float) -> str:
