@@ -168,14 +168,16 @@ def test_each_compiled_session_has_a_cache_of_its_own_and_decodes_as_eager():
     cfg = bench_config("tiny", 2)
     models = variants(base_model(cfg), 1, ("base", "static", "floor"))
     tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (2, 6))
+    longer = np.random.default_rng(1).integers(3, cfg.vocab_size, (2, 9))
     sessions = {kind: Compiled(model) for kind, model in models.items()}
     for kind, model in models.items():
-        compiled, eager = _greedy(sessions[kind], tokens, 4), _greedy(Eager(model), tokens, 4)
-        assert all((a == b).all() for a, b in zip(compiled, eager))
-    # one compiled graph per session's code, none on the shared Llama.decode_step
+        for prompt in (tokens, longer):  # a new state size: the guards left on (Compiled.OPTIONS) recompile
+            compiled, eager = _greedy(sessions[kind], prompt, 4), _greedy(Eager(model), prompt, 4)
+            assert all((a == b).all() for a, b in zip(compiled, eager))
+    # compiled graphs on each session's own code (one per state size), none on the shared Llama.decode_step
     for session in sessions.values():
         code = session.step._torchdynamo_orig_callable.__func__.__code__
-        assert len(torch._dynamo.eval_frame._debug_get_cache_entry_list(code)) == 1
+        assert len(torch._dynamo.eval_frame._debug_get_cache_entry_list(code)) == 2
     assert not torch._dynamo.eval_frame._debug_get_cache_entry_list(Llama.decode_step.__code__)
 
 
