@@ -5,6 +5,7 @@ skipped with the reason printed and written to the page.
 """
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import sys
@@ -147,21 +148,11 @@ def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,
     cache, rows = {}, []
     bar = tqdm(total=0, desc=f"bench {size}", unit="run")  # grows as each K's sessions are built
     for k in sorted(set(skip)):
-        sessions = None  # the previous K's models go before the next ones are built
         sessions, skipped = build_sessions(base, k, variants, backends, slots, threads, cache, shared)
         notes += [s for s in skipped if s not in notes]
-        for cell in [c for c in cells if c.k == k]:
-            fits = {key: s for key, s in sessions.items() if cell.batch == 1 or key[0] not in BATCH_1}
-            ours = {key: s for key, s in fits.items() if not key[0].startswith("llama.cpp")}
-            # llama.cpp against our base and static merged: each session alone in its turn, as a
-            # deployed model runs; interleaved with our variants, our side would run cache-cold
-            versus = {key: s for key, s in fits.items() if key[1] in ("base", "static")}
-            for use, alone in ((ours, False), (versus if len(ours) < len(fits) else {}, True)):
-                bar.total += len(use) * (rounds + 2)  # + the warm-up and the memory round
-                bar.refresh()
-                for r in time_cell(use, cell, rounds, cfg.vocab_size, bar.update, alone) if use else []:
-                    rows.append({**r, "k": k, "prompt": cell.prompt, "generated": cell.generated,
-                                 "batch": cell.batch, "alone": alone})
+        rows += time_k(sessions, k, [c for c in cells if c.k == k], rounds, cfg.vocab_size, bar)
+        sessions = None  # this K's models go before the next ones are built (7B width: two K's do not fit in 24 GiB)
+        gc.collect()
     bar.close()
     section = render(cfg, size, key, rows, notes, argv, out)
     if profile:
@@ -172,6 +163,24 @@ def bench(size="tiny", layers=None, skip=(0, 2, 4), prompt=(128,), generate=(64,
         if not page.strip() or "<!-- bench:head -->" in page:  # the page's own head, not a user's text
             page = report.replace_section(page, "head", PAGE_HEAD).lstrip()
         write_text_atomic(out, report.replace_section(page, key, section))
+    return rows
+
+
+def time_k(sessions: dict, k: int, cells: list[Cell], rounds: int, vocab: int, bar) -> list[dict]:
+    """The rows of EAS-K's cells; the sessions that do not fit a cell (batch > 1) sit it out."""
+    rows = []
+    for cell in cells:
+        fits = {key: s for key, s in sessions.items() if cell.batch == 1 or key[0] not in BATCH_1}
+        ours = {key: s for key, s in fits.items() if not key[0].startswith("llama.cpp")}
+        # llama.cpp against our base and static merged: each session alone in its turn, as a
+        # deployed model runs; interleaved with our variants, our side would run cache-cold
+        versus = {key: s for key, s in fits.items() if key[1] in ("base", "static")}
+        for use, alone in ((ours, False), (versus if len(ours) < len(fits) else {}, True)):
+            bar.total += len(use) * (rounds + 2)  # + the warm-up and the memory round
+            bar.refresh()
+            for r in time_cell(use, cell, rounds, vocab, bar.update, alone) if use else []:
+                rows.append({**r, "k": k, "prompt": cell.prompt, "generated": cell.generated,
+                             "batch": cell.batch, "alone": alone})
     return rows
 
 

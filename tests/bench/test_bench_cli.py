@@ -1,5 +1,6 @@
 """`run.py bench` on tiny shapes: flags refused before work, K/V bytes, backends agree, the page."""
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -67,6 +68,21 @@ def test_tiny_run_writes_its_section_and_kv_bytes_are_exact(tmp_path, capsys):
     page = out.read_text()
     assert "<!-- bench:tiny -->" in page and "<!-- bench:tiny-more -->" in page
     assert (tmp_path / "bench" / "tiny-more.png").stat().st_size > 0
+
+
+def test_a_ks_sessions_are_gone_before_the_next_ks_are_built(monkeypatch):
+    from eas.bench import cli
+    built, real = [], cli.build_sessions
+
+    def build(base, k, *args):
+        assert all(ref() is None for ref in built), "the previous K's sessions are still alive"
+        sessions, skipped = real(base, k, *args)
+        built.extend(weakref.ref(s) for (_, kind), s in sessions.items() if kind != "base")
+        return sessions, skipped
+
+    monkeypatch.setattr(cli, "build_sessions", build)
+    bench("tiny", 3, [1, 2], [8], [3], [1], ["eager"], ["base", "static", "floor"], 1, 1, None, argv=[])
+    assert len(built) == 6  # static, floor and the A/A control, for each K
 
 
 def test_the_page_head_is_rewritten_only_between_its_markers(tmp_path):
