@@ -72,14 +72,15 @@ class Compiled(Eager):
     switch: five tiny sessions switching every step cost +540 us per step on the shared code,
     +370 us with a copy each (the rest of the switching cost: eas/bench/runner.py, CHUNK_S_COMPILED).
 
-    A call pays Python per graph input twice over: inductor asserts each input's size and stride
-    (~1 us each; 73 inputs at tiny K=4, the weights among them) and dynamo checks its guards (35 us
-    there). OPTIONS drops what the session already fixes: the asserts repeat the guards on the
-    inputs, and the guards on the module (its weights and attributes) watch a model that never
-    changes under a session; the guards on the arguments (tokens, positions, every state tensor)
-    stay, so a new state size still compiles its own graph. Tiny K=4, sessions interleaved on
-    this project's 2-core CPU: each cut ~5 % of a step, and static merged's 8 inputs more than the
-    floor's (its shifts) went from +2.0 % to +0.6 % against it."""
+    A call pays Python per graph input twice over: inductor asserts sizes and strides (~1 us
+    each; 73 per tiny K=4 floor step, one per input, weights included, and one per attention
+    output) and dynamo checks its guards (35 us there). OPTIONS drops what the session already
+    fixes: the guards on the arguments (tokens, positions, every state tensor) check their sizes
+    and strides before the graph runs, so a new state size still compiles its own graph; the
+    weights and the module's attributes never change under a session, so their guards go; the
+    graph is checked against eager (tests/bench/test_bench_cli.py), so the asserts go. Tiny K=4,
+    sessions interleaved on this project's 2-core CPU: each cut ~5 % of a step, and static
+    merged's 8 inputs more than the floor's (its shifts) went from +2.0 % to +0.6 % against it."""
 
     OPTIONS = {"size_asserts": False, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
 
