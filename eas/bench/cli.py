@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -185,10 +186,11 @@ def time_k(sessions: dict, k: int, cells: list[Cell], rounds: int, vocab: int, b
 
 
 def render(cfg, size: str, key: str, rows: list[dict], notes: list[str], argv, out) -> str:
-    cmd = "python run.py bench " + " ".join(argv if argv is not None else sys.argv[2:])
+    cmd = ("python run.py bench " + " ".join(argv if argv is not None else sys.argv[2:])).strip()
+    host = machine()
     lines = [f"## `{key}`: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads ({cfg.n_kv_heads} K/V), "
-             f"FFN {cfg.hidden_dim}, vocab {cfg.vocab_size}", "", f"Command: `{cmd.strip()}`", "",
-             f"Machine: {machine()}; {torch.get_num_threads()} threads; fp32. Adapters r_a={ADAPTERS.adapter_dim}, "
+             f"FFN {cfg.hidden_dim}, vocab {cfg.vocab_size}", "", f"Command: `{cmd}`", "",
+             f"Machine: {host}; {torch.get_num_threads()} threads; fp32. Adapters r_a={ADAPTERS.adapter_dim}, "
              f"r_s={ADAPTERS.skip_dim}. {len(rows[0:1]) and rows[0]['rounds']} timed rounds.", ""]
     lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     for cell in dict.fromkeys((r["prompt"], r["generated"], r["batch"]) for r in rows):
@@ -204,7 +206,7 @@ def render(cfg, size: str, key: str, rows: list[dict], notes: list[str], argv, o
         first = [r for r in rows if (r["prompt"], r["generated"], r["batch"]) == (rows[0]["prompt"],
                  rows[0]["generated"], rows[0]["batch"]) and (not r["alone"] or r["backend"].startswith("llama.cpp"))]
         report.plot(cfg, first, png, f"{size}: prompt {rows[0]['prompt']}, {rows[0]['generated']} generated")
-        raw = {"command": cmd.strip(), "machine": machine(), "threads": torch.get_num_threads(),
+        raw = {"command": cmd, "machine": host, "threads": torch.get_num_threads(),
                "config": to_dict(cfg), "rows": rows}
         write_text_atomic(png.with_suffix(".json"), json.dumps(raw, indent=1) + "\n")
         lines += [f"![decode ms/token vs K, {key}](bench/{key}.png)", "",
@@ -230,8 +232,8 @@ def profiles(base, cell: Cell, backends, threads: int) -> list[str]:
 def machine() -> str:
     model = platform.processor() or platform.machine()
     try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import os
     return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
