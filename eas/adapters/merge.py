@@ -52,26 +52,36 @@ def _merge_info(model: nn.Module, mode: str) -> dict:
             "router_constants": constants}
 
 
-def _merged_state(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
+def _merged_state(model: nn.Module, mode: str, stored: torch.dtype | None) -> dict[str, torch.Tensor]:
     llama = llama_of(model)
     prefix = "llama." if llama is not model else ""
     dtype = llama.tok_embeddings.weight.dtype
     state = {k: v for k, v in model.state_dict().items()
              if not k.startswith((prefix + "layers.", "visual.transformer.resblocks."))}
     for block in eas_blocks(model):
-        state.update({f"{prefix}layers.{block.layer}.{k}": v.to(dtype) for k, v in block.merged_state(mode).items()})
+        folded = block.merged_state(mode, _coarser(dtype, stored))
+        state.update({f"{prefix}layers.{block.layer}.{k}": v.to(dtype) for k, v in folded.items()})
     visual = getattr(model, "visual", None)
     if visual is not None:
         vdtype = visual.conv1.weight.dtype
         for i, blk in enumerate(visual.transformer.resblocks):
             state.update({f"visual.transformer.resblocks.{i}.{k}": v.to(vdtype)
-                          for k, v in blk.merged_state(mode).items()})
+                          for k, v in blk.merged_state(mode, _coarser(vdtype, stored)).items()})
     return state
 
 
+def _coarser(dtype: torch.dtype, stored: torch.dtype | None) -> torch.dtype:
+    """The less precise of the dtype a merged model computes in and the one it is stored in."""
+    return dtype if stored is None or torch.finfo(dtype).eps >= torch.finfo(stored).eps else stored
+
+
 @torch.no_grad()
-def merge(model: nn.Module, mode: str) -> nn.Module:
+def merge(model: nn.Module, mode: str, stored: torch.dtype | None = None) -> nn.Module:
     """A new plain model (skipped units absent, no adapters) computing the same function.
+
+    stored: the dtype the merged weights will be kept in (merged.pt's); it and the model's own, the
+    less precise of the two, bound how much a static fold may amplify (PIA.fold_static). The
+    result is in the model's dtype.
 
     Takes a Llama, Lavin or Llava carrying adapters (eas.adapters.attach.add_adapters). A model without
     adapters is returned as an identical copy, so merging is idempotent.
@@ -90,7 +100,7 @@ def merge(model: nn.Module, mode: str) -> nn.Module:
                               skipped if eas.unit != "attention" else ())
     cfg = dataclasses.replace(model.cfg, llama=llama_cfg) if llama is not model else llama_cfg
     out = build_merged(cfg, _merge_info(model, mode))
-    load_state_strict(out, _merged_state(model, mode), "merge", keep_dtype=True)
+    load_state_strict(out, _merged_state(model, mode, stored), "merge", keep_dtype=True)
     llama_of(out).init_buffers(llama.tok_embeddings.weight.device)
     return out.eval()
 

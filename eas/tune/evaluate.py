@@ -69,7 +69,7 @@ def merged_forms(s: Session, model) -> dict:
     with autocast_context(s.device, s.dtype):
         calibrate_routes(model, [b for b in calibration if b], forward=lambda m, b: m(*b))
     try:
-        forms["static"] = as_stored(merge(model, "static"), s.merged_dtype)
+        forms["static"] = as_stored(merge(model, "static", s.merged_dtype), s.merged_dtype)
     except UsageError as e:
         if s.cfg.merge == "static":
             raise UsageError(f"{e}. This run cannot write a static merged.pt: tune again with --merge dynamic "

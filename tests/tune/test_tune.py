@@ -169,7 +169,7 @@ def test_a_refused_static_fold_ends_a_static_run_and_not_a_dynamic_one(base, cac
     error and what to do; --merge dynamic scores and writes its own form and says why static is absent."""
     from eas.adapters import pia
     from eas.tune.report import summary_lines
-    monkeypatch.setattr(pia, "MAX_FOLD_GAIN", 0.5)
+    monkeypatch.setattr(pia, "fold_limit", lambda dtype: 0.5)
     settings = {**SMALL, "skip_set": (1,), "skip": None, "max_test": 8}
     with pytest.raises(UsageError, match=r"PIA-.*amplify it .*tune again with --merge dynamic"):
         tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "s"), **settings))
