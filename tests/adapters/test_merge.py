@@ -1,4 +1,6 @@
 """Merged models against the unmerged adapter model they came from (eas_method.md §2)."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from eas.adapters.attach import EASConfig, add_adapters, mark_trainable, set_ski
 from eas.model.llama import Llama
 from eas.adapters.calibrate import calibrate_routes, clear_routes
 from eas.adapters.merge import merge
-from eas.io.merged import load_merged, save_merged
+from eas.io.merged import as_stored, load_merged, save_merged
 from eas.adapters.pia import PIA
 from eas.data.aid import AID_FORMAT
 from eas.errors import CheckpointError, UsageError
@@ -175,16 +177,23 @@ def test_static_fold_of_one_layer_against_numpy(gen):
     assert np.abs(W @ m_u @ m_d).max() > 1e-2  # the adapter really changed the weight
 
 
+LIMITS = {torch.float16: 64, torch.bfloat16: 8, torch.float32: 524288}  # keeping 5 significant bits
+
+
 @pytest.mark.parametrize("cancel, dtype, stored, refused", [
-    (1.0, torch.float32, torch.float32, True), (0.98, torch.float32, torch.float16, True),
-    (0.98, torch.float32, torch.bfloat16, True), (0.98, torch.bfloat16, torch.float32, True),
-    (0.98, torch.float32, torch.float32, False), (0.5, torch.float32, torch.float16, False)])
+    (1.0, torch.float32, torch.float32, True), (0.99, torch.float32, torch.float16, True),
+    (0.99, torch.bfloat16, torch.float32, True), (0.99, torch.float32, torch.float32, False),
+    (0.95, torch.float32, torch.bfloat16, True), (0.95, torch.float32, torch.float16, False),
+    (0.5, torch.float32, torch.bfloat16, False)])
 def test_static_fold_refuses_to_amplify_an_adapter_that_cancels_its_input(gen, cancel, dtype, stored, refused):
     """M_d M_u = -cancel·I_r: I + M is singular at 1, and moving the constant onto the norm
-    amplifies it 1 / (1 - cancel) (50x at 0.98): refused for a merge stored in 16-bit floats (at most
-    10x), naming the adapter, and accepted in float32 (at most 81920x), where the static merge still
-    computes what the unmerged model does; singular, refused in any dtype. The bound is the less
-    precise dtype's of storage and compute (a bfloat16 model stored in float32). At 0.5 (2x) accepted."""
+    amplifies it 1 / (1 - cancel): 100x at 0.99, refused in float16 (at most 64x), accepted in
+    float32 (at most 524288x); 20x at 0.95 (the default job once folded at 16.9x), refused in
+    bfloat16 (at most 8x), accepted in float16; singular, refused in float32. A refusal names the
+    adapter; the bound is the less precise dtype's of storage and compute (a bfloat16 model stored in
+    float32). An accepted merge still computes what the unmerged model does, and stored in 16 bits
+    it is within 2x the error of the unmerged model stored alike (measured: 1.4x at 20x, 2.6x at 50x
+    and 6.3x at 100x in float16 and in bfloat16)."""
     model = eas_model(gen).to(dtype)
     pia = model.layers[0].adapter_attn
     with torch.no_grad():
@@ -197,12 +206,16 @@ def test_static_fold_refuses_to_amplify_an_adapter_that_cancels_its_input(gen, c
             other.fixed_route = torch.tensor([0.5, 0.5])
     if refused:
         with pytest.raises(UsageError, match=r"layer 0's PIA-A: I \+ M is \(nearly\) singular.*amplify it"
-                                             rf".*at most {81920 if dtype == stored == torch.float32 else 10}x .* stored in"):
+                                             rf".*at most {min(LIMITS[dtype], LIMITS[stored])}x .* stored in"):
             merge(model, "static", stored)
         return
     tokens = torch.randint(1, model.cfg.vocab_size, (2, 7), generator=gen)
     with torch.no_grad():
-        assert rel_err(merge(model, "static", stored)(tokens), model(tokens)) < 1e-5
+        merged, exact = merge(model, "static", stored), model(tokens)
+        assert rel_err(merged(tokens), exact) < 1e-5
+        if stored != torch.float32:
+            stored_err = rel_err(as_stored(merged, stored)(tokens), exact)
+            assert stored_err < 2 * rel_err(as_stored(copy.deepcopy(model), stored)(tokens), exact)
 
 
 def test_merge_of_a_merged_model_is_a_copy_and_merged_pt_roundtrips(gen, tmp_path):
