@@ -1,5 +1,5 @@
 #!/bin/sh
-# Regenerates every section of docs/BENCHMARKS.md (about 2 hours on 2 CPU cores: on 2026-12-02 the tiny line took 8 min, dim 1024 9, the 7B-width K = L/4 line 27, dim 512 21, the 7B-width line 15 and the line against llama.cpp 13; the 7B-width ONNX Runtime line, with 7 exports of ~4 min each, 35 (19 on 12-01, before the A/A control) and is its own run, to fit in 24 GiB; each command
+# Regenerates every section of docs/BENCHMARKS.md (about 2 hours on 2 CPU cores: on 2026-12-02 the tiny line took 8 min, the tiny-floor line 6, dim 1024 9, the 7B-width K = L/4 line 27, dim 512 21, the 7B-width line 15 and the line against llama.cpp 13; the 7B-width ONNX Runtime line, with 7 exports of ~4 min each, 35 (19 on 12-01, before the A/A control) and is its own run, to fit in 24 GiB; each command
 # rewrites only its own size's section, so any one line can be rerun alone).
 set -e
 # The C++ app is built first (export/cpp/build.sh): it runs the app's loop (--backends ort-cpp); without it those lines say why they are skipped. Not at 7B
