@@ -213,3 +213,14 @@ def hf_clip_config(cfg) -> dict:
     return {"hidden_size": cfg.width, "intermediate_size": round(cfg.width * cfg.mlp_ratio), "image_size": cfg.image_size,
             "patch_size": cfg.patch_size, "num_attention_heads": cfg.heads, "num_hidden_layers": cfg.layers,
             "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "model_type": "clip_vision_model"}
+
+
+@torch.no_grad()
+def cancel_input(pia, cancel: float, gen, half: bool = False) -> None:
+    """Set a PIA so that M_d M_u = -cancel·I_r under a fixed route (half: a PIA-S, whose static fold
+    halves M_d): I + M is singular at 1, and its static fold amplifies by 1 / (1 - cancel)."""
+    pia.up_b.weight.normal_(generator=gen)
+    pia.up_d.weight.copy_(pia.up_b.weight)
+    pia.fixed_route = torch.tensor([0.3, 0.7])
+    mix = pia.pool_mix if half else 1.0
+    pia.down.weight.copy_(-cancel / mix * torch.linalg.pinv(pia.scale * pia.up_b.dense().double()))

@@ -90,7 +90,7 @@ class EASBlock(nn.Module):
     @torch.no_grad()
     def merged_state(self, mode: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """fp32 tensors of this layer's merged form (eas/adapters/merged.py), keyed as in it, for a
-        merge to be stored in `dtype` (what bounds a static fold: PIA.fold_static)."""
+        merge computed or stored in `dtype` at the coarsest (what bounds a static fold: PIA.fold_static)."""
         if not self.skipped:
             return {**self._attention_state(mode, dtype), **_ffn_state(self)}
         if self.eas.unit == "attention":
@@ -107,7 +107,8 @@ class EASBlock(nn.Module):
                  "attention.wo.weight": att.wo.weight.float(),
                  **{f"attention.{n}.bias": lin.bias.float() for n, lin in lins.items() if lin.bias is not None}}
         if mode == "static":
-            weights, _, state["attention_norm.shift"] = pia.fold_static(weights, False, f"layer {self.layer}'s PIA-A", dtype)
+            where = f"layer {self.layer}'s PIA-A"
+            weights, _, state["attention_norm.shift"] = pia.fold_static(weights, False, where, dtype)
         else:
             state.update({"attn_delta." + k: v for k, v in pia.fold_routed(weights).items()})
         return {**state, **{f"attention.{n}.weight": W for n, W in zip(lins, weights)}}

@@ -33,7 +33,7 @@ FOLD_BITS_KEPT = 5
 
 
 def fold_limit(dtype: torch.dtype) -> float:
-    """The largest gain a static fold may apply to a merge stored in `dtype` (FOLD_BITS_KEPT)."""
+    """The largest gain a static fold may apply to a merge computed or stored in `dtype` (FOLD_BITS_KEPT)."""
     return 2.0 ** (1 - FOLD_BITS_KEPT) / torch.finfo(dtype).eps
 
 
@@ -200,7 +200,8 @@ class PIA(RoutedDown):
         (Woodbury: only an r x r inverse), with M_u = Σ w_j U_j, β_u = Σ w_j c_j and (M_d, β_d)
         the down projection, halved for PIA-S (`half`), whose pooled hidden p = ½ ū is per example.
         `where` names the adapter in the error raised when I + M is (nearly) singular: when the fold
-        amplifies M_u or the constant more than fold_limit(dtype), the dtype the merge is stored in."""
+        amplifies M_u or the constant more than fold_limit(dtype), the coarser dtype the merge is
+        computed or stored in."""
         if self.fixed_route is None:
             raise ValueError("a static fold needs router constants: run eas.adapters.calibrate.calibrate_routes first")
         w = self.fixed_route.double()
@@ -218,11 +219,11 @@ class PIA(RoutedDown):
             gain = math.inf
         limit = fold_limit(dtype)
         if not gain <= limit:
+            name = str(dtype).split(".")[-1]
             raise UsageError(f"static merge of {where}: I + M is (nearly) singular, the adapter cancels part of "
                              f"its input, and moving its constant onto the norm would amplify it {gain:.3g}x "
-                             f"(at most {limit:g}x is accepted for a merge stored in {str(dtype).split('.')[-1]}, keeping "
-                             f"{FOLD_BITS_KEPT} of its significant bits); "
-                             f"its unmerged and dynamic forms are exact")
+                             f"(at most {limit:g}x is accepted for a merge computed or stored in {name}, keeping "
+                             f"{FOLD_BITS_KEPT} of its significant bits); its unmerged and dynamic forms are exact")
         m_u, m_d = m_u.float(), m_d.float()
         return [W + (W @ m_u) @ m_d for W in weights], p.float(), s.float()
 

@@ -15,7 +15,7 @@ from eas.adapters.pia import PIA
 from eas.data.aid import AID_FORMAT
 from eas.errors import CheckpointError, UsageError
 from eas.model.state import kv_bytes
-from helpers import random_gains, rel_err
+from helpers import cancel_input, random_gains, rel_err
 
 SKIP = (1, 2)
 
@@ -196,11 +196,7 @@ def test_static_fold_refuses_to_amplify_an_adapter_that_cancels_its_input(gen, c
     and 6.3x at 100x in float16 and in bfloat16)."""
     model = eas_model(gen).to(dtype)
     pia = model.layers[0].adapter_attn
-    with torch.no_grad():
-        pia.up_b.weight.normal_(generator=gen)
-        pia.up_d.weight.copy_(pia.up_b.weight)
-        pia.fixed_route = torch.tensor([0.3, 0.7])
-        pia.down.weight.copy_(-cancel * torch.linalg.pinv(pia.scale * pia.up_b.dense().double()))
+    cancel_input(pia, cancel, gen)
     for other in model.modules():
         if isinstance(other, PIA) and other is not pia:
             other.fixed_route = torch.tensor([0.5, 0.5])
@@ -216,6 +212,22 @@ def test_static_fold_refuses_to_amplify_an_adapter_that_cancels_its_input(gen, c
         if stored != torch.float32:
             stored_err = rel_err(as_stored(merged, stored)(tokens), exact)
             assert stored_err < 2 * rel_err(as_stored(copy.deepcopy(model), stored)(tokens), exact)
+
+
+def test_a_skipped_layers_static_fold_is_bounded_by_the_stored_dtype(gen):
+    """PIA-S (its down projection halved in the fold) cancelling 0.99 of its input: 100x, refused for
+    a merge stored in float16, accepted and exact in float32."""
+    model = eas_model(gen)
+    pia = model.layers[SKIP[0]].adapter_skip
+    cancel_input(pia, 0.99, gen, half=True)
+    for other in model.modules():
+        if isinstance(other, PIA) and other is not pia:
+            other.fixed_route = torch.tensor([0.5, 0.5])
+    with pytest.raises(UsageError, match=rf"layer {SKIP[0]}'s PIA-S: .*amplify it 100x .*at most 64x .* in float16"):
+        merge(model, "static", torch.float16)
+    tokens = torch.randint(1, model.cfg.vocab_size, (2, 7), generator=gen)
+    with torch.no_grad():
+        assert rel_err(merge(model, "static", torch.float32)(tokens), model(tokens)) < 1e-5
 
 
 def test_merge_of_a_merged_model_is_a_copy_and_merged_pt_roundtrips(gen, tmp_path):

@@ -11,7 +11,8 @@ from eas.adapters.merge import merge
 from eas.io.merged import load_merged, save_merged
 from eas.adapters.pia import PIA
 from eas.data.aid import AID_FORMAT
-from helpers import TOKENIZER_VOCAB, rel_err
+from eas.errors import UsageError
+from helpers import TOKENIZER_VOCAB, cancel_input, rel_err
 
 CFG = LavinConfig(llama=LlamaConfig.named("test", vocab_size=TOKENIZER_VOCAB), vision=VisionConfig.named("test"))
 EXAMPLES = [("What is the label for this image?\nResponse:", None, True), ("Hi there", None, False),
@@ -68,3 +69,17 @@ def test_lavin_merge_matches_unmerged(mode, eas_lavin, tok, tmp_path):
     assert loaded.merge_info["mode"] == mode and loaded.tokenizer_ref == str(tmp_path / "weights/tiny/tokenizer.model")
     if mode == "static":
         assert len(loaded.merge_info["router_constants"]) == CFG.llama.n_layers + CFG.vision.layers
+
+
+def test_a_vit_blocks_static_fold_is_bounded_by_the_stored_dtype():
+    """A ViT block's PIA-A cancelling 0.99 of its input (100x): refused for a merge stored in float16,
+    though the model computes in float32 (the ViT's fold is bounded like the LLM's)."""
+    gen = torch.Generator().manual_seed(3)
+    model = add_adapters(Lavin(CFG).init_weights(gen), EASConfig(adapter_dim=4, skip_dim=8, skip_layers=(0, 2)))
+    for m in model.modules():
+        if isinstance(m, PIA):
+            m.fixed_route = torch.tensor([0.5, 0.5])
+    cancel_input(model.visual.transformer.resblocks[1].adapter_attn, 0.99, gen)
+    with pytest.raises(UsageError, match=r"a ViT block's PIA-A: .*amplify it 100x .*at most 64x .* in float16"):
+        merge(model, "static", torch.float16)
+    merge(model, "static")  # float32: accepted

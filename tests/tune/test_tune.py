@@ -33,12 +33,15 @@ SMALL = dict(synthetic_per_class=4, setting="50", batch_size=8, val_batch=8, war
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
+    return random_base(tmp_path_factory.mktemp("base"))
+
+
+def random_base(out: Path, dtype: torch.dtype = torch.float32) -> Path:
     """A random LaVIN model of the `test` size, saved in the own format next to the tiny tokenizer."""
     tok = Tokenizer(TOKENIZER)
     cfg = LavinConfig.named("test")
     cfg = dataclasses.replace(cfg, llama=dataclasses.replace(cfg.llama, vocab_size=tok.vocab_size))
-    out = tmp_path_factory.mktemp("base")
-    save_model(Lavin(cfg).init_weights(torch.Generator().manual_seed(0)), out, tokenizer=TOKENIZER)
+    save_model(Lavin(cfg).init_weights(torch.Generator().manual_seed(0)).to(dtype), out, tokenizer=TOKENIZER)
     return out
 
 
@@ -164,15 +167,19 @@ def test_unknown_unit_is_refused(base, cache, tmp_path):
         tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "r"), **{**SMALL, "unit": "head"}))
 
 
-def test_a_refused_static_fold_ends_a_static_run_and_not_a_dynamic_one(base, cache, tmp_path, monkeypatch):
+def test_a_refused_static_fold_ends_a_static_run_and_not_a_dynamic_one(cache, tmp_path, monkeypatch):
     """Every static fold refused (its gain limit forced below 1): --merge static stops with the fold's
-    error and what to do; --merge dynamic scores and writes its own form and says why static is absent."""
+    error and what to do; --merge dynamic scores and writes its own form and says why static is absent.
+    The base is stored in float16 and tuned in float32: the folds are bounded for float16 (merged.pt's)."""
     from eas.adapters import pia
     from eas.tune.report import summary_lines
-    monkeypatch.setattr(pia, "fold_limit", lambda dtype: 0.5)
+    bounded = []
+    monkeypatch.setattr(pia, "fold_limit", lambda dtype: bounded.append(dtype) or 0.5)
+    base = random_base(tmp_path / "base16", torch.float16)
     settings = {**SMALL, "skip_set": (1,), "skip": None, "max_test": 8}
     with pytest.raises(UsageError, match=r"PIA-.*amplify it .*tune again with --merge dynamic"):
         tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "s"), **settings))
+    assert bounded == [torch.float16]  # the first fold refused
     report = tune(TuneConfig(base=str(base), cache_dir=str(cache), out=str(tmp_path / "d"),
                              **{**settings, "merge": "dynamic"}))
     assert set(report["accuracy"]) == {"unmerged", "dynamic"} and "amplify it" in report["static_refused"]
