@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eas.adapters.pia import PIA
+from eas.adapters.pia import PIA, FoldBound
 from eas.model.llama import Block, Context
 from eas.model.vit import patch_mask
 
@@ -88,18 +88,18 @@ class EASBlock(nn.Module):
         return [self.adapter_skip]
 
     @torch.no_grad()
-    def merged_state(self, mode: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """fp32 tensors of this layer's merged form (eas/adapters/merged.py), keyed as in it, for a
-        merge computed or stored in `dtype` at the coarsest (what bounds a static fold: PIA.fold_static)."""
+    def merged_state(self, mode: str, bound: FoldBound) -> dict[str, torch.Tensor]:
+        """fp32 tensors of this layer's merged form (eas/adapters/merged.py), keyed as in it; `bound`
+        admits (and records) the gain of each static fold (PIA.fold_static)."""
         if not self.skipped:
-            return {**self._attention_state(mode, dtype), **_ffn_state(self)}
+            return {**self._attention_state(mode, bound), **_ffn_state(self)}
         if self.eas.unit == "attention":
-            return self._skipped_attention_state(mode, dtype)
-        state = {} if self.eas.unit == "layer" else self._attention_state(mode, dtype)
+            return self._skipped_attention_state(mode, bound)
+        state = {} if self.eas.unit == "layer" else self._attention_state(mode, bound)
         norm = self.attention_norm if self.eas.unit == "layer" else self.ffn_norm
         return {**state, **_residual_state(self.adapter_skip, norm.weight, mode)}
 
-    def _attention_state(self, mode: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def _attention_state(self, mode: str, bound: FoldBound) -> dict[str, torch.Tensor]:
         att, pia = self.attention, self.adapter_attn
         lins = {"wq": att.wq, "wk": att.wk, "wv": att.wv}
         weights = [lin.weight.float() for lin in lins.values()]
@@ -108,12 +108,12 @@ class EASBlock(nn.Module):
                  **{f"attention.{n}.bias": lin.bias.float() for n, lin in lins.items() if lin.bias is not None}}
         if mode == "static":
             where = f"layer {self.layer}'s PIA-A"
-            weights, _, state["attention_norm.shift"] = pia.fold_static(weights, False, where, dtype)
+            weights, _, state["attention_norm.shift"] = pia.fold_static(weights, False, where, bound)
         else:
             state.update({"attn_delta." + k: v for k, v in pia.fold_routed(weights).items()})
         return {**state, **{f"attention.{n}.weight": W for n, W in zip(lins, weights)}}
 
-    def _skipped_attention_state(self, mode: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def _skipped_attention_state(self, mode: str, bound: FoldBound) -> dict[str, torch.Tensor]:
         """x̂ = RMSNorm_att(x) feeds W1/W3 through γ_ffn: W Γ_ffn absorbs PIA-S; the merged layer's
         norm carries γ_att, so it has exactly the shape of a layer whose attention was deleted."""
         pia, ffn = self.adapter_skip, self.feed_forward
@@ -121,7 +121,7 @@ class EASBlock(nn.Module):
         w1, w3 = ffn.w1.weight.float() * g, ffn.w3.weight.float() * g
         state = {"ffn_norm.weight": self.attention_norm.weight.float(), "feed_forward.w2.weight": ffn.w2.weight.float()}
         if mode == "static":
-            (w1, w3), proj, shift = pia.fold_static([w1, w3], True, f"layer {self.layer}'s PIA-S", dtype)
+            (w1, w3), proj, shift = pia.fold_static([w1, w3], True, f"layer {self.layer}'s PIA-S", bound)
             state.update({"ffn_shift.down_pool.weight": pia.pool_mix * pia.down_pool.weight.float(),
                           "ffn_shift.down_pool.bias": pia.pool_mix * pia.down_pool.bias.float(),
                           "ffn_shift.proj": proj, "ffn_shift.shift": shift})
@@ -164,11 +164,11 @@ class AdaptedViTBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
     @torch.no_grad()
-    def merged_state(self, mode: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def merged_state(self, mode: str, bound: FoldBound) -> dict[str, torch.Tensor]:
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("adapter_attn.")}
         W = self.attn.in_proj_weight.float()
         if mode == "static":  # the shift joins ln_1's bias: the merged block is a plain CLIP block
-            fold = self.adapter_attn.fold_static([W], False, "a ViT block's PIA-A", dtype)
+            fold = self.adapter_attn.fold_static([W], False, "a ViT block's PIA-A", bound)
             (state["attn.in_proj_weight"],), _, shift = fold
             state["ln_1.bias"] = self.ln_1.bias.float() + shift
         else:

@@ -15,7 +15,7 @@ from torch import nn
 
 from eas.adapters.attach import eas_blocks, llama_of
 from eas.adapters.merged import MODES, RoutedViTBlock, merged_block
-from eas.adapters.pia import PIA
+from eas.adapters.pia import PIA, FoldBound
 from eas.io.checkpoint import MODEL_CLASSES, load_state_strict
 from eas.model.config import LlamaConfig
 from eas.model.llama import Llama
@@ -52,22 +52,25 @@ def _merge_info(model: nn.Module, mode: str) -> dict:
             "router_constants": constants}
 
 
-def _merged_state(model: nn.Module, mode: str, stored: torch.dtype | None) -> dict[str, torch.Tensor]:
+def _merged_state(model: nn.Module, mode: str, stored: torch.dtype | None) -> tuple[dict[str, torch.Tensor], float]:
+    """(the merged state, the largest gain of its static folds)"""
     llama = llama_of(model)
     prefix = "llama." if llama is not model else ""
     dtype = llama.tok_embeddings.weight.dtype
     state = {k: v for k, v in model.state_dict().items()
              if not k.startswith((prefix + "layers.", "visual.transformer.resblocks."))}
+    bounds = [FoldBound(_coarser(dtype, stored))]
     for block in eas_blocks(model):
-        folded = block.merged_state(mode, _coarser(dtype, stored))
+        folded = block.merged_state(mode, bounds[0])
         state.update({f"{prefix}layers.{block.layer}.{k}": v.to(dtype) for k, v in folded.items()})
     visual = getattr(model, "visual", None)
     if visual is not None:
         vdtype = visual.conv1.weight.dtype
+        bounds.append(FoldBound(_coarser(vdtype, stored)))
         for i, blk in enumerate(visual.transformer.resblocks):
             state.update({f"visual.transformer.resblocks.{i}.{k}": v.to(vdtype)
-                          for k, v in blk.merged_state(mode, _coarser(vdtype, stored)).items()})
-    return state
+                          for k, v in blk.merged_state(mode, bounds[1]).items()})
+    return state, max(b.gain for b in bounds)
 
 
 def _coarser(dtype: torch.dtype, stored: torch.dtype | None) -> torch.dtype:
@@ -81,7 +84,8 @@ def merge(model: nn.Module, mode: str, stored: torch.dtype | None = None) -> nn.
 
     stored: the dtype the merged weights will be kept in (merged.pt's); it and the model's own, the
     less precise of the two, bound how much a static fold may amplify (PIA.fold_static). The
-    result is in the model's dtype.
+    result is in the model's dtype; a static merge records its folds' largest gain in merge_info
+    ("fold_gain"), which bounds the dtypes it may be stored or loaded in later (check_fold_dtype).
 
     Takes a Llama, Lavin or Llava carrying adapters (eas.adapters.attach.add_adapters). A model without
     adapters is returned as an identical copy, so merging is idempotent.
@@ -99,8 +103,9 @@ def merge(model: nn.Module, mode: str, stored: torch.dtype | None = None) -> nn.
     llama_cfg = merged_config(llama.cfg, skipped if eas.unit != "ffn" else (),
                               skipped if eas.unit != "attention" else ())
     cfg = dataclasses.replace(model.cfg, llama=llama_cfg) if llama is not model else llama_cfg
-    out = build_merged(cfg, _merge_info(model, mode))
-    load_state_strict(out, _merged_state(model, mode, stored), "merge", keep_dtype=True)
+    state, gain = _merged_state(model, mode, stored)
+    out = build_merged(cfg, {**_merge_info(model, mode), "fold_gain": gain if mode == "static" else None})
+    load_state_strict(out, state, "merge", keep_dtype=True)
     llama_of(out).init_buffers(llama.tok_embeddings.weight.device)
     return out.eval()
 

@@ -37,6 +37,36 @@ def fold_limit(dtype: torch.dtype) -> float:
     return 2.0 ** (1 - FOLD_BITS_KEPT) / torch.finfo(dtype).eps
 
 
+@dataclass
+class FoldBound:
+    """The coarsest dtype a static merge is computed or stored in, and the largest gain its folds
+    applied (recorded in merged.pt: check_fold_dtype refuses to cast it coarser later)."""
+    dtype: torch.dtype
+    gain: float = 1.0
+
+    def admit(self, gain: float, where: str) -> None:
+        limit = fold_limit(self.dtype)
+        if not gain <= limit:
+            raise UsageError(f"static merge of {where}: I + M is (nearly) singular, the adapter cancels part of "
+                             f"its input, and moving its constant onto the norm would amplify it {gain:.3g}x "
+                             f"(at most {limit:g}x is accepted for a merge computed or stored in "
+                             f"{dtype_name(self.dtype)}, keeping {FOLD_BITS_KEPT} of its significant bits); its "
+                             f"unmerged and dynamic forms are exact")
+        self.gain = max(self.gain, gain)
+
+
+def check_fold_dtype(fold_gain: float | None, dtype: torch.dtype, what: str) -> None:
+    """Refuse to hold a static merge whose folds amplified by `fold_gain` in a dtype too coarse for it."""
+    if fold_gain is not None and fold_gain > fold_limit(dtype):
+        raise UsageError(f"{what}: its static merge folded an adapter at {fold_gain:.3g}x, too much to keep "
+                         f"{FOLD_BITS_KEPT} significant bits in {dtype_name(dtype)} (at most {fold_limit(dtype):g}x); "
+                         f"keep it in a wider dtype, or tune with --merge dynamic")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).split(".")[-1]
+
+
 def _gain(out: torch.Tensor, ref: torch.Tensor) -> float:
     """‖out‖ / ‖ref‖ (0/0 = 1)."""
     a, b = out.norm().item(), ref.norm().item()
@@ -191,7 +221,7 @@ class PIA(RoutedDown):
         return s * self.up_b.dense(), s * self.up_d.dense(), s * self.up_b.bias, s * self.up_d.bias
 
     def fold_static(self, weights: list[torch.Tensor], half: bool, where: str,
-                    dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+                    bound: FoldBound) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """([W'], P, s): routing fixed to fixed_route, PIA(x̂) = (I + M)(x̂ + P p + s) exactly, so
         each W [out, C] that reads PIA(x̂) becomes W' = W (I + M) reading x̂ + P p + s: the
         adapter's constant part moves onto its input, where the norm adds it (no output bias).
@@ -200,8 +230,7 @@ class PIA(RoutedDown):
         (Woodbury: only an r x r inverse), with M_u = Σ w_j U_j, β_u = Σ w_j c_j and (M_d, β_d)
         the down projection, halved for PIA-S (`half`), whose pooled hidden p = ½ ū is per example.
         `where` names the adapter in the error raised when I + M is (nearly) singular: when the fold
-        amplifies M_u or the constant more than fold_limit(dtype), the coarser dtype the merge is
-        computed or stored in."""
+        amplifies M_u or the constant more than `bound` admits (FoldBound)."""
         if self.fixed_route is None:
             raise ValueError("a static fold needs router constants: run eas.adapters.calibrate.calibrate_routes first")
         w = self.fixed_route.double()
@@ -217,13 +246,7 @@ class PIA(RoutedDown):
             gain = max(_gain(p, m_u), _gain(s, beta))
         except torch.linalg.LinAlgError:
             gain = math.inf
-        limit = fold_limit(dtype)
-        if not gain <= limit:
-            name = str(dtype).split(".")[-1]
-            raise UsageError(f"static merge of {where}: I + M is (nearly) singular, the adapter cancels part of "
-                             f"its input, and moving its constant onto the norm would amplify it {gain:.3g}x "
-                             f"(at most {limit:g}x is accepted for a merge computed or stored in {name}, keeping "
-                             f"{FOLD_BITS_KEPT} of its significant bits); its unmerged and dynamic forms are exact")
+        bound.admit(gain, where)
         m_u, m_d = m_u.float(), m_d.float()
         return [W + (W @ m_u) @ m_d for W in weights], p.float(), s.float()
 

@@ -8,6 +8,7 @@ import torch
 
 from eas.adapters.attach import llama_of
 from eas.adapters.merge import build_merged
+from eas.adapters.pia import check_fold_dtype
 from eas.data.prompt import PromptFormat
 from eas.errors import CheckpointError
 from eas.io.checkpoint import load_state_strict
@@ -33,6 +34,8 @@ def save_merged(model, path, prompt_format: PromptFormat, tokenizer: str | None 
     info = getattr(model, "merge_info", None)
     if info is None:
         raise ValueError("save_merged wants the output of eas.adapters.merge.merge()")
+    if dtype is not None:
+        check_fold_dtype(info.get("fold_gain"), dtype, f"saving {path}")
     cfg = llama_of(model).cfg
     state = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
              for k, v in model.state_dict().items()}
@@ -70,6 +73,8 @@ def load_merged(path, device="cpu", dtype: torch.dtype | None = None):
     kinds = {"LlamaConfig": LlamaConfig, "LavinConfig": LavinConfig, "LlavaConfig": LlavaConfig}
     if ckpt.get("kind") not in kinds:
         raise CheckpointError(f"{path}: unknown model kind {ckpt.get('kind')!r}; expected one of {sorted(kinds)}")
+    if dtype is not None and isinstance(ckpt.get("merge"), dict):
+        check_fold_dtype(ckpt["merge"].get("fold_gain"), dtype, f"loading {path}")
     try:
         model = build_merged(kinds[ckpt["kind"]](**ckpt["config"]), ckpt["merge"])
         prompt_format = PromptFormat.from_json(ckpt.get("prompt_format"), str(path))

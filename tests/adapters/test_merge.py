@@ -230,6 +230,29 @@ def test_a_skipped_layers_static_fold_is_bounded_by_the_stored_dtype(gen):
         assert rel_err(merge(model, "static", torch.float32)(tokens), model(tokens)) < 1e-5
 
 
+def test_a_static_merge_keeps_its_fold_gain_and_refuses_a_dtype_too_coarse_for_it(gen, tmp_path):
+    """A float32 static merge that folded at 100x records it; merged.pt cannot then be written or
+    loaded in float16 (at most 64x), only as float32. A dynamic merge records no gain."""
+    model = eas_model(gen)
+    pia = model.layers[0].adapter_attn
+    cancel_input(pia, 0.99, gen)
+    for other in model.modules():
+        if isinstance(other, PIA) and other is not pia:
+            other.fixed_route = torch.tensor([0.5, 0.5])
+    merged = merge(model, "static")
+    assert merged.merge_info["fold_gain"] == pytest.approx(100, rel=1e-3)
+    path = tmp_path / "merged.pt"
+    with pytest.raises(UsageError, match=rf"saving {path}: .* 100x, too much to keep 5 significant bits in float16 \(at most 64x\)"):
+        save_merged(merged, path, AID_FORMAT, dtype=torch.float16)
+    assert not path.exists()
+    save_merged(merged, path, AID_FORMAT)
+    with pytest.raises(UsageError, match=rf"loading {path}: .* 100x, too much .* in float16"):
+        load_merged(path, dtype=torch.float16)
+    assert load_merged(path, dtype=torch.float32).merge_info["fold_gain"] == pytest.approx(100, rel=1e-3)
+    clear_routes(model)
+    assert merge(model, "dynamic").merge_info["fold_gain"] is None
+
+
 def test_merge_of_a_merged_model_is_a_copy_and_merged_pt_roundtrips(gen, tmp_path):
     model = eas_model(gen)
     once = merge(model, "dynamic")
