@@ -59,18 +59,19 @@ def _merged_state(model: nn.Module, mode: str, stored: torch.dtype | None) -> tu
     dtype = llama.tok_embeddings.weight.dtype
     state = {k: v for k, v in model.state_dict().items()
              if not k.startswith((prefix + "layers.", "visual.transformer.resblocks."))}
-    bounds = [FoldBound(_coarser(dtype, stored))]
+    bound = FoldBound(_coarser(dtype, stored))
     for block in eas_blocks(model):
-        folded = block.merged_state(mode, bounds[0])
+        folded = block.merged_state(mode, bound)
         state.update({f"{prefix}layers.{block.layer}.{k}": v.to(dtype) for k, v in folded.items()})
     visual = getattr(model, "visual", None)
     if visual is not None:
         vdtype = visual.conv1.weight.dtype
-        bounds.append(FoldBound(_coarser(vdtype, stored)))
+        vit_bound = FoldBound(_coarser(vdtype, stored))
         for i, blk in enumerate(visual.transformer.resblocks):
             state.update({f"visual.transformer.resblocks.{i}.{k}": v.to(vdtype)
-                          for k, v in blk.merged_state(mode, bounds[1]).items()})
-    return state, max(b.gain for b in bounds)
+                          for k, v in blk.merged_state(mode, vit_bound).items()})
+        return state, max(bound.gain, vit_bound.gain)
+    return state, bound.gain
 
 
 def _coarser(dtype: torch.dtype, stored: torch.dtype | None) -> torch.dtype:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eas.errors import UsageError
+from eas.model.config import dtype_name
 
 # A static fold solves with I + M (fold_static), and where I + M is near singular that amplifies
 # the adapter's constant (or up-projection) by a gain g: stored with p significant bits, the folded
@@ -61,10 +62,6 @@ def check_fold_dtype(fold_gain: float | None, dtype: torch.dtype, what: str) -> 
         raise UsageError(f"{what}: its static merge folded an adapter at {fold_gain:.3g}x, too much to keep "
                          f"{FOLD_BITS_KEPT} significant bits in {dtype_name(dtype)} (at most {fold_limit(dtype):g}x); "
                          f"keep it in a wider dtype, or tune with --merge dynamic")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).split(".")[-1]
 
 
 def _gain(out: torch.Tensor, ref: torch.Tensor) -> float:

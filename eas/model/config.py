@@ -226,3 +226,8 @@ def load_config(path: str | Path):
         return kinds[kind](**data)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad {kind} fields: {e}") from e
+
+
+def dtype_name(dtype) -> str:
+    """A torch dtype as users write it: float16, bfloat16, float32."""
+    return str(dtype).removeprefix("torch.")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from eas.errors import CheckpointError
-from eas.tune.config import dtype_name
+from eas.model.config import dtype_name
 from eas.distributed import from_rank_zero, gather
 from eas.tune.interrupts import Interrupted, StopOnSignal
 from eas.tune.session import Session

@@ -242,6 +242,3 @@ def resolve_dtype(cfg: TuneConfig, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return DTYPES[cfg.dtype]
 
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")

@@ -19,7 +19,8 @@ from eas.errors import RunFolderError, UsageError
 from eas.io.files import read_json
 from eas.io.merged import as_stored, save_merged
 from eas.tune.checkpoints import Checkpointer
-from eas.tune.config import defaults_note, dtype_name
+from eas.model.config import dtype_name
+from eas.tune.config import defaults_note
 from eas.tune.recipes import describe
 from eas.tune.report import write_report
 from eas.tune.session import Session

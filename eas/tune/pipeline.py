@@ -8,7 +8,8 @@ each global batch; gradients and losses are summed across ranks (eas.tune.train.
 from __future__ import annotations
 
 from eas.tune.checkpoints import Checkpointer
-from eas.tune.config import TuneConfig, dtype_name, validate
+from eas.model.config import dtype_name
+from eas.tune.config import TuneConfig, validate
 from eas.distributed import barrier
 from eas.tune.evaluate import evaluate
 from eas.tune.finetune_stage import run_finetune
